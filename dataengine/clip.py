@@ -1,0 +1,162 @@
+"""open_clip models for matching: loading by NAME[@PRETRAINED_OR_PATH], the package's own model
+configs (a tiny one for tests and demos), and a per-run cache of prompt-ensembled noun embeddings."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError
+
+# ViLD's 14 prompt templates, as in the method reference.
+TEMPLATES = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+log = logging.getLogger(__name__)
+PACKAGE_MODEL_CONFIGS = Path(__file__).parent / "data" / "model_configs"
+
+
+def register_package_models() -> None:
+    import open_clip
+
+    if "dataengine-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(PACKAGE_MODEL_CONFIGS)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device: {device} requested but CUDA is not available here (use --device cpu)")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+    return device
+
+
+@dataclass
+class ClipModel:
+    """An open_clip model in eval mode with what region matching needs from it."""
+
+    spec: str
+    model: object
+    tokenizer: object
+    device: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def fill_rgb(self) -> tuple[float, float, float]:
+        """Outside-mask pixel value (0..255): the pixel mean, which normalizes to zero."""
+        return tuple(255.0 * m for m in self.mean)
+
+    def autocast(self):
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return contextlib.nullcontext()
+
+    def encode_images(self, pixels):
+        import torch
+
+        with torch.inference_mode(), self.autocast():
+            features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def encode_texts(self, texts: list[str]):
+        import torch
+
+        tokens = self.tokenizer(texts).to(self.device)
+        with torch.inference_mode(), self.autocast():
+            features = self.model.encode_text(tokens)
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def parse_clip_spec(spec: str) -> tuple[str, str | None]:
+    name, _, pretrained = spec.partition("@")
+    if not name:
+        raise ConfigError(f"--clip: expected NAME[@PRETRAINED_OR_PATH], got {spec!r}")
+    return name, pretrained or None
+
+
+def load_clip(spec: str, device: str = "cpu", seed: int = 0) -> ClipModel:
+    """`ViT-B-16@openai`, `ViT-B-16@/path/to/checkpoint.pt`, or a bare name for a seeded random init."""
+    import open_clip
+    import torch
+
+    register_package_models()
+    name, pretrained = parse_clip_spec(spec)
+    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
+        raise ConfigError(f"--clip: unknown open_clip model {name!r} (see open_clip.list_models())")
+    if pretrained and Path(pretrained).expanduser().exists():
+        pretrained = str(Path(pretrained).expanduser())
+    try:
+        with torch.random.fork_rng(devices=[]), _quiet_random_init(pretrained):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(name, pretrained=pretrained, device=device)
+    except RuntimeError as error:
+        raise ConfigError(f"--clip: cannot load {spec}: {str(error).splitlines()[0]}") from error
+    model.eval()
+    visual = model.visual
+    size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+    return ClipModel(spec, model, open_clip.get_tokenizer(name), device, int(size),
+                     tuple(visual.image_mean or open_clip.OPENAI_DATASET_MEAN),
+                     tuple(visual.image_std or open_clip.OPENAI_DATASET_STD))
+
+
+@contextlib.contextmanager
+def _quiet_random_init(pretrained: str | None):
+    """open_clip warns (on the root logger) that no weights were loaded; without a pretrained tag
+    that is the request, so say it once at info level instead."""
+    if pretrained:
+        yield
+        return
+    log.info("CLIP: no pretrained weights requested: seeded random initialisation")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+class NounEmbeddings:
+    """Prompt-ensembled text embeddings (14 templates, normalized, averaged, renormalized), each
+    distinct noun encoded once per run."""
+
+    def __init__(self, clip: ClipModel, batch_size: int = 64):
+        self.clip = clip
+        self.batch_size = batch_size
+        self.cache: dict[str, object] = {}
+
+    def __call__(self, nouns: list[str]):
+        import torch
+
+        missing = list(dict.fromkeys(noun for noun in nouns if noun not in self.cache))
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            prompts = [template.format(noun) for noun in chunk for template in TEMPLATES]
+            features = self.clip.encode_texts(prompts).reshape(len(chunk), len(TEMPLATES), -1).mean(1)
+            for noun, feature in zip(chunk, torch.nn.functional.normalize(features, dim=-1).cpu(), strict=True):
+                self.cache[noun] = feature
+        if not nouns:
+            return torch.zeros(0, 0)
+        return torch.stack([self.cache[noun] for noun in nouns])

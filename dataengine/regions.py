@@ -1,0 +1,90 @@
+"""Region preprocessing for CLIP, exactly as in the method: tight box of the mask (no padding),
+outside-mask pixels set to the CLIP pixel mean, bicubic resize to SxS without keeping the aspect
+ratio, mask resized nearest-neighbour.
+
+`prepare_regions` does it for many regions of one image as batched tensor operations: crops are
+gathered with index tensors, and the (antialiased, PIL-style) bicubic resize is two batched matrix
+products with per-size weight matrices, out = Wy @ crop @ Wx^T. The weights are torch's own
+antialiased bicubic kernel, read off by resizing an identity matrix, so they match
+`F.interpolate(..., mode="bicubic", antialias=True)` and PIL's BICUBIC (both a = -0.5).
+
+`prepare_region_pil` is the plain one-region reference (PIL), used by tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+@lru_cache(maxsize=4096)
+def _resize_weights(length: int, size: int, device: str) -> torch.Tensor:
+    """(size, length) matrix W with resize(x) = W @ x for 1-D signals (antialiased bicubic)."""
+    identity = torch.eye(length, dtype=torch.float64)[None, None]
+    weights = F.interpolate(identity, size=(size, length), mode="bicubic", antialias=True, align_corners=False)
+    return weights[0, 0].to(device=device, dtype=torch.float32)
+
+
+def _stacked_weights(lengths: torch.Tensor, size: int, padded: int, device: str) -> torch.Tensor:
+    weights = torch.zeros(len(lengths), size, padded, device=device)
+    for row, length in enumerate(lengths.tolist()):
+        weights[row, :, :length] = _resize_weights(length, size, str(device))
+    return weights
+
+
+def _nearest_indices(starts: torch.Tensor, lengths: torch.Tensor, size: int) -> torch.Tensor:
+    """PIL NEAREST source index per output pixel: start + floor((i + 0.5) * length / size)."""
+    steps = (torch.arange(size, device=starts.device, dtype=torch.float64) + 0.5) / size
+    offsets = torch.floor(steps[None] * lengths[:, None].double()).long()
+    return starts[:, None] + torch.minimum(offsets, lengths[:, None] - 1)
+
+
+def prepare_regions(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor, size: int,
+                    fill: tuple[float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked, resized crops of many regions of one image.
+
+    image: (3, H, W) uint8; masks: (R, H, W) bool; boxes: (R, 4) int64 tight boxes (x, y, w, h).
+    Returns crops (R, 3, size, size) uint8 and crop masks (R, size, size) bool.
+    """
+    device = image.device
+    x0, y0, widths, heights = boxes.to(device).long().unbind(1)
+    pad_h, pad_w = int(heights.max()), int(widths.max())
+    height, width = image.shape[1:]
+    rows = (y0[:, None] + torch.arange(pad_h, device=device)[None]).clamp_(max=height - 1)  # (R, pad_h)
+    cols = (x0[:, None] + torch.arange(pad_w, device=device)[None]).clamp_(max=width - 1)  # (R, pad_w)
+    region = torch.arange(len(boxes), device=device)[:, None, None]
+    crop_masks = masks[region, rows[:, :, None], cols[:, None, :]]  # (R, pad_h, pad_w)
+    crops = image[:, rows[:, :, None], cols[:, None, :]].permute(1, 0, 2, 3).float()  # (R, 3, pad_h, pad_w)
+    fill_value = torch.tensor(fill, device=device, dtype=torch.float32)[None, :, None, None]
+    masked = fill_value + (crops - fill_value) * crop_masks[:, None]
+    weights_y = _stacked_weights(heights, size, pad_h, device)  # (R, size, pad_h)
+    weights_x = _stacked_weights(widths, size, pad_w, device)  # (R, size, pad_w)
+    resized = weights_y[:, None] @ masked @ weights_x[:, None].transpose(-1, -2)
+    out_rows = _nearest_indices(y0, heights, size)
+    out_cols = _nearest_indices(x0, widths, size)
+    resized_masks = masks[region, out_rows[:, :, None], out_cols[:, None, :]]
+    return resized.round_().clamp_(0, 255).to(torch.uint8), resized_masks
+
+
+def normalize(crops: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (R, 3, S, S) crops to CLIP input: /255, minus mean, over std."""
+    mean = torch.tensor(mean, device=crops.device)[None, :, None, None]
+    std = torch.tensor(std, device=crops.device)[None, :, None, None]
+    return (crops.float() / 255.0 - mean) / std
+
+
+def prepare_region_pil(image: Image.Image, mask: np.ndarray, box, size: int,
+                       fill: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Reference for one region: PIL crop, composite onto the fill colour, BICUBIC/NEAREST resize."""
+    x, y, w, h = (int(v) for v in box)
+    crop = image.crop((x, y, x + w, y + h))
+    crop_mask = Image.fromarray(mask[y : y + h, x : x + w].astype(np.uint8) * 255)
+    background = Image.new("RGB", crop.size, tuple(int(round(v)) for v in fill))
+    masked = Image.composite(crop, background, crop_mask)
+    resized = masked.resize((size, size), Image.BICUBIC)
+    resized_mask = crop_mask.resize((size, size), Image.NEAREST)
+    return np.asarray(resized), np.asarray(resized_mask) > 0

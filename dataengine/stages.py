@@ -1,0 +1,130 @@
+"""The mining stages, in pipeline order: nouns -> decode -> proposals -> match.
+
+Nouns come first because they are cheap: an image whose captions hold no noun is never decoded.
+"""
+
+from __future__ import annotations
+
+from .config import MineConfig
+from .images import load_sample_image
+from .masks import finalize
+from .records import Sample
+from .stage import Stage
+
+NO_CAPTION = "no_caption"
+NO_NOUNS = "no_nouns"
+NO_PROPOSALS = "no_proposals"
+NO_PAIRS = "no_pairs"
+
+
+class NounStage(Stage):
+    name = "nouns"
+
+    def __init__(self, config: MineConfig):
+        super().__init__()
+        self.config = config.nouns
+        self.extractor = None
+
+    def setup(self) -> None:
+        from .nouns import NounExtractor
+
+        if self.extractor is None:
+            self.extractor = NounExtractor(self.config)
+
+    @property
+    def model_id(self) -> str:
+        self.setup()
+        return self.extractor.model_name
+
+    def process_batch(self, samples: list[Sample]) -> None:
+        from .nouns import image_nouns
+
+        self.setup()
+        limit = self.config.max_captions_per_image
+        captions = [[c for c in s.captions if c.text.strip()][:limit] for s in samples]
+        mentions = iter(self.extractor.mentions([c.text for used in captions for c in used]))
+        for sample, used in zip(samples, captions, strict=True):
+            if not used:
+                sample.drop(NO_CAPTION, f"{len(sample.captions)} caption(s), none with text", self.name)
+                continue
+            sample.nouns = image_nouns(used, [next(mentions) for _ in used])
+            if not sample.nouns:
+                sample.drop(NO_NOUNS, f"no visual noun in {len(used)} caption(s)", self.name)
+
+
+class DecodeStage(Stage):
+    name = "decode"
+
+    def __init__(self, config: MineConfig):
+        super().__init__()
+        self.max_pixels = config.source.max_pixels
+
+    def process(self, sample: Sample) -> None:
+        sample.image = load_sample_image(sample.image_path, sample.image_bytes, self.max_pixels)
+        sample.height, sample.width = sample.image.shape[:2]
+        sample.image_bytes = None  # the decoded array replaces the encoded bytes from here on
+
+
+class ProposalStage(Stage):
+    name = "proposals"
+
+    def __init__(self, config: MineConfig, device: str):
+        from .proposals import create_generator
+
+        super().__init__()
+        self.config = config.proposals
+        self.generator = create_generator(self.config.generator, self.config, device)
+
+    def setup(self) -> None:
+        self.generator.setup()
+
+    def process_batch(self, samples: list[Sample]) -> None:
+        for sample, proposals in zip(samples, self.generator.generate_batch(samples), strict=True):
+            if self.generator.postprocess:
+                cfg = self.config
+                proposals = finalize(proposals, sample.height * sample.width, min_area=cfg.min_area,
+                                     max_area=cfg.max_area, nms_iou=cfg.nms_iou, max_proposals=cfg.max_proposals)
+            sample.proposals = proposals
+            if not len(proposals):
+                sample.drop(NO_PROPOSALS, f"{self.generator.model_id} gave no non-empty mask", self.name)
+
+
+class MatchStage(Stage):
+    name = "match"
+
+    def __init__(self, config: MineConfig, device: str):
+        super().__init__()
+        self.config = config.match
+        self.device = device
+        self.matcher = None
+
+    def setup(self) -> None:
+        from .clip import load_clip
+        from .match import RegionMatcher
+
+        if self.matcher is None:
+            self.matcher = RegionMatcher(load_clip(self.config.clip, self.device, self.config.seed), self.config)
+
+    def process_batch(self, samples: list[Sample]) -> None:
+        self.setup()
+        self.matcher.match(samples)
+        for sample in samples:
+            sample.image = None  # the pairs hold their crops; the full image is no longer needed
+            if not sample.pairs:
+                reasons = sorted({r.reason for r in sample.noun_rejects})
+                sample.drop(NO_PAIRS, f"all {len(sample.nouns)} noun(s) rejected: {', '.join(reasons)}", self.name)
+
+    def stats(self) -> dict:
+        stats = super().stats()
+        if self.matcher is not None:
+            stats["phases"] = {k: round(v, 3) for k, v in self.matcher.timer.seconds.items()}
+        return stats
+
+    def reset_stats(self) -> None:
+        super().reset_stats()
+        if self.matcher is not None:
+            self.matcher.timer.seconds.clear()
+
+
+def build_stages(config: MineConfig, device: str) -> list[Stage]:
+    return [NounStage(config), DecodeStage(config), ProposalStage(config, device), MatchStage(config, device)]

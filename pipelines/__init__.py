@@ -1,0 +1,1 @@
+"""Ready-made pipeline YAMLs (installed as `dataengine.pipelines`): `dataengine mine --config NAME`."""

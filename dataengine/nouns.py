@@ -100,13 +100,12 @@ class NounExtractor:
         return mentions
 
     def _compounds_in(self, doc) -> tuple[dict[int, Mention], set[int]]:
-        """Known compounds ending at a noun (longest first), by the index of their last word, and the
-        indices of their other words, which are not nouns of their own."""
+        """Known compounds (longest first), by the index of their last word, and the indices of their
+        other words, which are not nouns of their own. The curated list is evidence enough: the
+        tagger's part of speech is not required ("fire hydrant" and "teddy bear" are often mis-tagged)."""
         compounds: dict[int, Mention] = {}
         inside: set[int] = set()
         for i, token in enumerate(doc):
-            if token.pos_ not in NOUN_POS:
-                continue
             for words in range(min(self.max_compound_words, i + 1), 1, -1):
                 first = i - words + 1
                 phrase = " ".join([t.lower_ for t in doc[first:i]] + [token.lemma_.lower()])

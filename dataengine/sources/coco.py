@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 
 from ..config import ConfigError
+from ..keys import safe_key
 from ..records import Caption, Sample
 from . import Source, existing_path
 
@@ -36,7 +37,7 @@ class CocoSource(Source):
             annotations = None if self.instances is None else self.instances.get(image_id, [])
             path = self.images_dir / image["file_name"]
             yield Sample(
-                key=f"{image_id:012d}" if isinstance(image_id, int) else str(image_id),
+                key=f"{image_id:012d}" if isinstance(image_id, int) else safe_key(str(image_id)),
                 image_id=str(image_id),
                 source=str(path),
                 captions=captions,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from ..config import ConfigError
+from ..images import MISSING_FILE
 from ..keys import safe_key
 from ..records import Caption, Sample
 from . import Source, existing_path
-from .tables import captions_of, pick_column, read_table
+from .tables import captions_of, check_column, pick_column, read_table
 
 
 class FolderSource(Source):
@@ -26,35 +29,66 @@ class FolderSource(Source):
         columns = list(rows[0])
         image_column = pick_column(columns, config.image_column, self.IMAGE_COLUMNS, "--image-column")
         caption_column = pick_column(columns, config.caption_column, self.CAPTION_COLUMNS, "--caption-column")
+        check_column(columns, config.id_column, "--id-column")
         self.entries = _group_rows(rows, image_column, caption_column, config.id_column)
+        self.keys = _image_keys(self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __iter__(self):
-        for relative, (sample_id, captions) in self.entries.items():
-            path = self.images_dir / relative
-            yield Sample(
-                key=safe_key(sample_id or str(Path(relative).with_suffix(""))),
-                image_id=sample_id or relative,
-                source=str(path),
-                captions=captions,
-                image_path=str(path),
-            )
+        for entry, key in zip(self.entries, self.keys, strict=True):
+            path = self.images_dir / entry.relative
+            sample = Sample(key=key, image_id=entry.sample_id or entry.relative, source=str(path),
+                            captions=entry.captions, image_path=str(path))
+            if not entry.relative:
+                sample.drop(MISSING_FILE, f"table row {entry.row} names no image", "source")
+            yield sample
 
     def describe(self) -> dict:
         return {"type": self.name, "images": str(self.images_dir), "captions": self.config.captions,
                 "num_images": len(self.entries)}
 
 
-def _group_rows(rows: list[dict], image_column: str, caption_column: str, id_column: str | None) -> dict:
-    """Rows that name the same image are one sample with all of their captions, in table order."""
-    entries: dict[str, tuple[str | None, list[Caption]]] = {}
+@dataclass
+class Entry:
+    relative: str  # image path relative to the images folder ("" when the row names none)
+    sample_id: str | None
+    row: int  # first table row of the image
+    captions: list[Caption] = field(default_factory=list)
+
+
+def _group_rows(rows: list[dict], image_column: str, caption_column: str, id_column: str | None) -> list[Entry]:
+    """Rows that name the same image are one entry with all of their captions, in table order.
+    A row with an empty image cell is an entry of its own, rejected later rather than merged."""
+    entries: list[Entry] = []
+    by_path: dict[str, Entry] = {}
     for row_number, row in enumerate(rows):
-        relative = str(row.get(image_column) or "")
+        relative = str(row.get(image_column) or "").strip()
         sample_id = str(row[id_column]) if id_column and row.get(id_column) is not None else None
+        entry = by_path.get(relative) if relative else None
+        if entry is None:
+            entry = Entry(relative, sample_id, row_number)
+            entries.append(entry)
+            if relative:
+                by_path[relative] = entry
         texts = captions_of(row.get(caption_column))
-        _, captions = entries.setdefault(relative, (sample_id, []))
-        captions.extend(Caption(f"{row_number}" if len(texts) == 1 else f"{row_number}-{i}", text)
-                        for i, text in enumerate(texts))
+        entry.captions.extend(Caption(f"{row_number}" if len(texts) == 1 else f"{row_number}-{i}", text)
+                              for i, text in enumerate(texts))
     return entries
+
+
+def _image_keys(entries: list[Entry]) -> list[str]:
+    """Keys from the sample id, else the path without its extension; paths whose stems collide
+    (a.jpg and a.png) keep their extension so that keys stay distinct."""
+    stems = [str(PurePosixPath(e.relative).with_suffix("")) if e.relative else None for e in entries]
+    repeated = Counter(stems)
+    keys = []
+    for entry, stem in zip(entries, stems, strict=True):
+        if entry.sample_id:
+            keys.append(safe_key(entry.sample_id))
+        elif stem is None:
+            keys.append(f"row-{entry.row}")
+        else:
+            keys.append(safe_key(stem if repeated[stem] == 1 else entry.relative))
+    return keys

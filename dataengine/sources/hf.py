@@ -8,7 +8,7 @@ from ..config import ConfigError
 from ..keys import safe_key
 from ..records import Caption, Sample
 from . import Source, existing_path
-from .tables import captions_of, pick_column
+from .tables import captions_of, check_column, pick_column
 
 
 class HFSource(Source):
@@ -23,6 +23,7 @@ class HFSource(Source):
         columns = list(self.dataset.column_names)
         self.image_column = pick_column(columns, config.image_column, self.IMAGE_COLUMNS, "--image-column")
         self.caption_column = pick_column(columns, config.caption_column, self.CAPTION_COLUMNS, "--caption-column")
+        check_column(columns, config.id_column, "--id-column")
         self._lazy_images()
 
     def _load(self):

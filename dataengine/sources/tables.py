@@ -34,13 +34,17 @@ def read_table(path: Path) -> list[dict]:
 
 def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], flag: str) -> str:
     if wanted:
-        if wanted not in columns:
-            raise ConfigError(f"{flag}: no column {wanted!r} (columns: {', '.join(columns)})")
+        check_column(columns, wanted, flag)
         return wanted
     for candidate in candidates:
         if candidate in columns:
             return candidate
     raise ConfigError(f"{flag}: none of the columns {', '.join(columns)} is one of {', '.join(candidates)}; name it with {flag}")
+
+
+def check_column(columns: list[str], wanted: str | None, flag: str) -> None:
+    if wanted and wanted not in columns:
+        raise ConfigError(f"{flag}: no column {wanted!r} (columns: {', '.join(columns)})")
 
 
 def captions_of(value) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import webdataset as wds
 
@@ -29,6 +30,7 @@ class WebDatasetSource(Source):
             errors.append(error)
             return True
 
+        yield from _truncated_tars(self.urls)
         dataset = wds.WebDataset(self.urls, shardshuffle=False, handler=keep_going, empty_check=False)
         for position, raw in enumerate(dataset):
             yield from _flush_errors(errors, position)
@@ -39,6 +41,26 @@ class WebDatasetSource(Source):
         return {"type": self.name, "urls": self.config.urls, "num_tars": len(self.urls)}
 
 
+def _truncated_tars(urls: list[str]) -> list[Sample]:
+    """A reject row per local tar that does not end as a complete archive does (a whole number of
+    512-byte blocks, the last two all zero): tarfile reads a cut at a member header as the end of
+    the archive, so without this check the samples after the cut would vanish silently."""
+    samples = []
+    for url in urls:
+        if "://" in url or not os.path.isfile(url):
+            continue
+        size = os.path.getsize(url)
+        with open(url, "rb") as handle:
+            handle.seek(max(0, size - 1024))
+            tail = handle.read()
+        if size % 512 or size < 1024 or tail.strip(b"\0"):
+            sample = Sample(key=safe_key(f"source-error-{os.path.basename(url)}"), image_id="", source=url, captions=[])
+            sample.drop(SOURCE_ERROR, f"{url}: truncated tar ({size} bytes, no end-of-archive blocks); "
+                        "samples after the cut are missing", "source")
+            samples.append(sample)
+    return samples
+
+
 def _expand(pattern: str) -> list[str]:
     """Brace patterns (img2dataset style) and globs to a sorted list of existing tar paths."""
     import glob
@@ -46,7 +68,7 @@ def _expand(pattern: str) -> list[str]:
     import braceexpand
 
     paths = sorted({path for part in braceexpand.braceexpand(pattern) for path in (glob.glob(part) or [part])})
-    missing = [path for path in paths if "://" not in path and not glob.os.path.isfile(path)]
+    missing = [path for path in paths if "://" not in path and not os.path.isfile(path)]
     if missing:
         raise ConfigError(f"--urls: no such file: {missing[0]}")
     return paths

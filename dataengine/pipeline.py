@@ -33,9 +33,11 @@ def package_versions() -> dict[str, str | None]:
 
 
 def prepare_output(out: Path, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; a folder with no finished shard is simply cleaned."""
+    finished = (out / "manifest.json").exists() or any((out / "stats").glob("*.json"))
+    if finished and not overwrite:
+        raise ConfigError(f"--out: {out} already holds a mined corpus; pass --overwrite or choose another folder")
     existing = [name for name in OUTPUT_ENTRIES if (out / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(f"--out: {out} already holds a mined corpus ({', '.join(existing)}); pass --overwrite or choose another folder")
     for name in existing:
         path = out / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -66,11 +68,13 @@ def mine(config: MineConfig, overwrite: bool = False) -> dict:
 
     config.validate()
     device = resolve_device(config.device)
-    source = create_source(config.source)
     stages = build_stages(config, device)
+    source = create_source(config.source)
     generator = stages[2].generator
     if generator.needs_annotations and getattr(source, "instances", None) is None:
         raise ConfigError("--proposals annotations: needs instance masks: use --source coco with --instances FILE")
+    for stage in stages:  # load models first: a bad model spec fails before anything is written
+        stage.setup()
     out = Path(config.out)
     prepare_output(out, overwrite)
     models = Models(clip=config.match.clip, proposals=generator.model_id, nouns=stages[0].model_id)

@@ -1,0 +1,151 @@
+"""The command line: complete --help, one-line errors with exit status 2, a real mining run, inspect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from readback import check_corpus
+
+from dataengine.cli import MINE_FLAGS, build_parser, main
+from dataengine.sources import create_source
+
+
+def run_cli(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", ["mine", "inspect", "demo"])
+def test_every_option_has_help(command):
+    parser = build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    for action in subparser._actions:
+        if action.option_strings:
+            assert action.help and len(action.help) > 8, f"{command} {action.option_strings} has no help"
+    text = subparser.format_help()
+    if command == "mine":
+        for flag in MINE_FLAGS:
+            assert flag.name in text
+
+
+def test_top_level_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("mine", "inspect", "demo"):
+        assert command in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["mine", "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+        (["mine", "--limit", "many"], "invalid int value"),
+        (["mine", "--source", "ftp"], "invalid choice"),
+        (["mine", "--source", "coco", "--images", "/nonexistent/images", "--captions", "x.json", "--out", "o"],
+         "--images: no such folder: /nonexistent/images"),
+        (["mine", "--source", "folder", "--images", ".", "--out", "o"], "--captions: required for --source folder"),
+        (["mine", "--images", ".", "--captions", "x"], "out: an output folder is required"),
+        (["mine", "--config", "no-such-pipeline", "--out", "o"], "no such file or packaged pipeline"),
+        (["mine", "--set", "proposals.bogus=1", "--out", "o"], "proposals.bogus: unknown setting"),
+        (["mine", "--set", "proposals.mask_threshold=3", "--out", "o"], "proposals.mask_threshold: must be a number"),
+        (["mine", "--proposals", "magic", "--images", ".", "--captions", "x", "--out", "o"], "unknown generator"),
+        (["inspect", "/nonexistent/corpus"], "is not a mined corpus"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    assert "Traceback" not in err + out
+
+
+def test_bad_clip_and_device_are_one_line_errors(capsys, tmp_path, coco_mini):
+    base = ["mine", "--images", str(coco_mini / "images"), "--captions", str(coco_mini / "captions.json"),
+            "--out", str(tmp_path / "o"), "--no-progress", "--limit", "1"]
+    code, _, err = run_cli(base + ["--clip", "NoSuchModel-7"], capsys)
+    assert code == 2 and "unknown open_clip model" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(base + ["--clip", "dataengine-tiny@/nonexistent/weights.pt"], capsys)
+    assert code == 2 and "--clip: cannot load" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(base + ["--device", "tpu"], capsys)
+    assert code == 2 and "--device" in err
+
+
+def test_module_entry_point_exit_status():
+    result = subprocess.run([sys.executable, "-m", "dataengine", "mine", "--nope"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_mine_then_inspect(capsys, tmp_path, coco_mini):
+    out = tmp_path / "corpus"
+    argv = ["mine", "--source", "coco", "--images", str(coco_mini / "images"), "--captions",
+            str(coco_mini / "captions.json"), "--instances", str(coco_mini / "instances.json"),
+            "--proposals", "annotations", "--out", str(out), "--limit", "6", "--max-captions", "1",
+            "--min-score", "-1", "--one-to-one", "--batch-size", "7", "--device", "cpu", "--no-progress",
+            "--samples-per-shard", "4", "--set", "write.jpeg_quality=90"]
+    code, stdout, _ = run_cli(argv, capsys)
+    assert code == 0
+    assert "mined" in stdout and "inspect with" in stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    config = manifest["config"]
+    assert config["limit"] == 6 and config["nouns"]["max_captions_per_image"] == 1
+    assert config["match"]["one_to_one"] is True and config["match"]["batch_size"] == 7
+    assert config["write"]["jpeg_quality"] == 90 and config["write"]["samples_per_shard"] == 4
+    assert manifest["versions"]["torch"] and manifest["models"]["proposals"] == "annotations"
+    keys = {s.key for s in list(create_source(create_source_config(coco_mini)))[:6]}
+    check_corpus(out, keys)
+
+    code, _, err = run_cli(argv, capsys)  # the folder holds a corpus now
+    assert code == 2 and "--overwrite" in err
+    assert run_cli(argv + ["--overwrite"], capsys)[0] == 0
+
+    code, stdout, _ = run_cli(["inspect", str(out)], capsys)
+    assert code == 0
+    assert f"pairs {manifest['counts']['pairs']}" in stdout and "top nouns" in stdout and "sample pairs" in stdout
+    code, stdout, _ = run_cli(["inspect", str(out), "--json", "--top", "3"], capsys)
+    summary = json.loads(stdout)
+    assert summary["pairs"] == manifest["counts"]["pairs"] and len(summary["top_nouns"]) <= 3
+
+
+def create_source_config(coco_mini):
+    from dataengine.config import SourceConfig
+
+    return SourceConfig(type="coco", images=str(coco_mini / "images"), captions=str(coco_mini / "captions.json"))
+
+
+def test_yaml_config_with_flag_overrides(capsys, tmp_path, coco_mini):
+    yaml_path = tmp_path / "job.yaml"
+    yaml_path.write_text(
+        "source:\n"
+        f"  type: coco\n  images: {coco_mini / 'images'}\n  captions: {coco_mini / 'captions.json'}\n"
+        "proposals:\n  generator: classical\n  max_proposals: 5\n"
+        "match:\n  clip: dataengine-tiny\n"
+        f"out: {tmp_path / 'from-yaml'}\n"
+        "limit: 50\n"
+    )
+    out = tmp_path / "from-flag"
+    code, _, _ = run_cli(["mine", "--config", str(yaml_path), "--out", str(out), "--limit", "2", "--no-progress"], capsys)
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["limit"] == 2 and manifest["config"]["proposals"]["max_proposals"] == 5
+    assert manifest["counts"]["images"] == 2
+    assert not (tmp_path / "from-yaml").exists()
+
+
+def test_demo_runs_offline(capsys, tmp_path):
+    code, stdout, _ = run_cli(["demo", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
+    assert code == 0
+    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert manifest["counts"]["images"] == 18 and manifest["counts"]["pairs"] > 0
+    assert "top nouns" in stdout

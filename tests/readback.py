@@ -27,6 +27,8 @@ def read_shards_with_webdataset(out: Path) -> list[dict]:
     import webdataset as wds
 
     tars = sorted(str(path) for path in (out / "shards").glob("*.tar"))
+    if not tars:
+        return []
     samples = []
     for sample in wds.WebDataset(tars, shardshuffle=False, empty_check=False):
         assert set(sample) >= {"__key__", "jpg", "mask.png", "txt", "json"}, sample.keys()

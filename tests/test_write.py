@@ -84,7 +84,6 @@ def test_shard_members_and_atomic_commit(tmp_path):
 
 
 def test_writer_members_names_and_metadata(tmp_path):
-    image = np.zeros((40, 60, 3), dtype=np.uint8)
     masks = np.zeros((2, 40, 60), dtype=bool)
     masks[0, 5:20, 10:30] = True
     masks[1, 25:35, 40:55] = True

@@ -59,6 +59,9 @@ def select_pairs(similarity: np.ndarray, config: MatchConfig) -> Selection:
             candidates.append(choice)
     if config.one_to_one:
         candidates = _one_to_one(candidates, similarity, selection)
+        if config.min_score is not None:  # the assignment may have moved a noun to a weaker proposal
+            selection.rejects.extend((c, BELOW_MIN_SCORE) for c in candidates if c.score < config.min_score)
+            candidates = [c for c in candidates if c.score >= config.min_score]
     if config.max_pairs_per_image is not None:
         candidates.sort(key=lambda c: (-c.score, c.noun_index))
         selection.rejects.extend((c, OVER_MAX_PAIRS) for c in candidates[config.max_pairs_per_image :])

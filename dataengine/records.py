@@ -78,13 +78,16 @@ class Proposals:
             return np.zeros((0, 4), dtype=np.int64)
         return np.rint(mask_utils.toBbox(self.rles)).astype(np.int64).reshape(-1, 4)
 
-    def filter(self, keep: np.ndarray) -> Proposals:
+    def filter(self, keep) -> Proposals:
+        """Keep by boolean mask or by indices."""
         keep = np.asarray(keep)
-        indices = np.flatnonzero(keep) if keep.dtype == bool else keep
+        indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
         return Proposals([self.rles[i] for i in indices], self.scores[indices], self.generator)
 
     def decode(self) -> np.ndarray:
         """Full-resolution boolean masks, shape (N, H, W)."""
+        if not self.rles:
+            return np.zeros((0, 0, 0), dtype=bool)
         return np.moveaxis(mask_utils.decode(self.rles), -1, 0).astype(bool)
 
     @classmethod

@@ -86,6 +86,8 @@ class MaskFormerProposals(HFProposals):
 
         keep = objectness >= self.config.hf.score_threshold
         mask_logits, objectness = mask_logits[keep].float(), objectness[keep]
+        if not len(objectness):
+            return Proposals([], [], self.name)
         padded = F.interpolate(mask_logits[None], size=pixel_mask.shape, mode="bilinear", align_corners=False)[0]
         valid_rows, valid_cols = int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum())
         unpadded = padded[:, :valid_rows, :valid_cols]

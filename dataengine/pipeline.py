@@ -70,14 +70,15 @@ def mine(config: MineConfig, overwrite: bool = False) -> dict:
     device = resolve_device(config.device)
     stages = build_stages(config, device)
     source = create_source(config.source)
-    generator = stages[2].generator
+    by_name = {stage.name: stage for stage in stages}
+    generator = by_name["proposals"].generator
     if generator.needs_annotations and getattr(source, "instances", None) is None:
         raise ConfigError("--proposals annotations: needs instance masks: use --source coco with --instances FILE")
     for stage in stages:  # load models first: a bad model spec fails before anything is written
         stage.setup()
     out = Path(config.out)
     prepare_output(out, overwrite)
-    models = Models(clip=config.match.clip, proposals=generator.model_id, nouns=stages[0].model_id)
+    models = Models(clip=config.match.clip, proposals=generator.model_id, nouns=by_name["nouns"].model_id)
     writer = CorpusWriter(out, models, config.write.jpeg_quality)
     samples = itertools.islice(iter(source), config.limit) if config.limit else iter(source)
     total = _known_length(source, config.limit)

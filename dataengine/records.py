@@ -9,6 +9,7 @@ travel on to the writer, which turns them into reject rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -65,13 +66,13 @@ class Proposals:
     def __len__(self) -> int:
         return len(self.rles)
 
-    @property
+    @cached_property
     def areas(self) -> np.ndarray:
         # pycocotools 2.0.11's area() overflows on lists of more than 255 masks: ask in chunks.
         chunks = [mask_utils.area(self.rles[i : i + 255]) for i in range(0, len(self.rles), 255)]
         return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
 
-    @property
+    @cached_property
     def boxes_xywh(self) -> np.ndarray:
         """Tight integer boxes (x, y, w, h) of the masks."""
         if not self.rles:

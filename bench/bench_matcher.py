@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", default="ViT-B-16", help="open_clip model spec (default: ViT-B-16, random init)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--proposals", type=int, default=12, help="proposals per image (default: 12)")
     parser.add_argument("--batch-size", type=int, default=None, help="regions per forward (default: the matcher's own)")
     args = parser.parse_args()

@@ -25,10 +25,15 @@ class ImageRejected(Exception):
         self.detail = detail
 
 
-def read_image_bytes(path: str) -> bytes:
+def read_image_bytes(path: str, byte_range: tuple[int, int] | None = None) -> bytes:
+    """The file's bytes, or `byte_range` = (offset, size) of them (an image member inside a tar)."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            if byte_range is None:
+                data = handle.read()
+            else:
+                handle.seek(byte_range[0])
+                data = handle.read(byte_range[1])
     except FileNotFoundError as error:
         raise ImageRejected(MISSING_FILE, f"no such file: {path}") from error
     except OSError as error:
@@ -88,9 +93,10 @@ def _scale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def load_sample_image(image_path: str | None, image_bytes: bytes | None, max_pixels: int) -> np.ndarray:
+def load_sample_image(image_path: str | None, image_bytes: bytes | None, max_pixels: int,
+                      image_range: tuple[int, int] | None = None) -> np.ndarray:
     if image_bytes is None:
         if image_path is None:
             raise ImageRejected(MISSING_FILE, "the sample has neither an image path nor image bytes")
-        image_bytes = read_image_bytes(os.fspath(image_path))
+        image_bytes = read_image_bytes(os.fspath(image_path), image_range)
     return decode_rgb(image_bytes, max_pixels)

@@ -130,6 +130,7 @@ class Sample:
     source: str  # where the image came from (a path, or tar/dataset + member), for provenance
     captions: list[Caption]
     image_path: str | None = None
+    image_range: tuple[int, int] | None = None  # (offset, size) of the image inside image_path (tar members)
     image_bytes: bytes | None = None
     annotations: list[dict] | None = None  # COCO-style instances, where the source has them
     index: int = -1  # position in the source's deterministic order, set by the executor

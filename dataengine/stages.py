@@ -60,7 +60,7 @@ class DecodeStage(Stage):
         self.max_pixels = config.source.max_pixels
 
     def process(self, sample: Sample) -> None:
-        sample.image = load_sample_image(sample.image_path, sample.image_bytes, self.max_pixels)
+        sample.image = load_sample_image(sample.image_path, sample.image_bytes, self.max_pixels, sample.image_range)
         sample.height, sample.width = sample.image.shape[:2]
         sample.image_bytes = None  # the decoded array replaces the encoded bytes from here on
 

@@ -1,15 +1,21 @@
-"""Input formats. Each source yields `Sample` records in a deterministic order.
+"""Input formats, as random-access sequences of `Sample` records in a deterministic order.
 
-Registry: `SOURCES[name]` is a class taking a `SourceConfig`; `create_source(config)` builds it and
-checks its paths up front so that a bad path is one clear error, not a failure halfway through.
+A source knows its length and each sample's key from its metadata alone (caption files, tables,
+tar headers); `read(start, stop)` builds those samples with lazy image references, so that an
+executor can hand out index ranges and let each worker read its own. `create_source(config)`
+checks paths up front: a bad path is one clear error, not a failure halfway through.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
 
 from ..config import ConfigError, SourceConfig
 from ..records import Sample
+
+DUPLICATE_KEY = "duplicate_key"
+READ_CHUNK = 1024
 
 
 class Source:
@@ -18,12 +24,39 @@ class Source:
     def __init__(self, config: SourceConfig):
         self.config = config
 
-    def __iter__(self) -> Iterator[Sample]:
+    def __len__(self) -> int:
         raise NotImplementedError
 
-    def __len__(self) -> int:
-        """Number of samples, where it is known without reading the data (else TypeError)."""
-        raise TypeError(f"the {self.name} source does not know its length up front")
+    def key(self, index: int) -> str:
+        """The key of sample `index`, from metadata only."""
+        raise NotImplementedError
+
+    def sample(self, index: int) -> Sample:
+        """Sample `index`, its image not yet read."""
+        raise NotImplementedError
+
+    @cached_property
+    def first_use_of_key(self) -> dict[str, int]:
+        first: dict[str, int] = {}
+        for index in range(len(self)):
+            first.setdefault(self.key(index), index)
+        return first
+
+    def read(self, start: int, stop: int) -> list[Sample]:
+        """Samples start..stop-1; a key already used by an earlier sample is rejected, never merged."""
+        samples = []
+        for index in range(start, min(stop, len(self))):
+            sample = self.sample(index)
+            sample.index = index
+            first = self.first_use_of_key[sample.key]
+            if first != index:
+                sample.drop(DUPLICATE_KEY, f"key {sample.key} already used by input {first}", "source")
+            samples.append(sample)
+        return samples
+
+    def __iter__(self) -> Iterator[Sample]:
+        for start in range(0, len(self), READ_CHUNK):
+            yield from self.read(start, start + READ_CHUNK)
 
     def describe(self) -> dict:
         return {"type": self.name}

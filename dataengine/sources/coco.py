@@ -30,20 +30,18 @@ class CocoSource(Source):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __iter__(self):
-        for image in self.images:
-            image_id = image["id"]
-            captions = [Caption(str(a["id"]), a.get("caption") or "") for a in self.captions.get(image_id, [])]
-            annotations = None if self.instances is None else self.instances.get(image_id, [])
-            path = self.images_dir / image["file_name"]
-            yield Sample(
-                key=f"{image_id:012d}" if isinstance(image_id, int) else safe_key(str(image_id)),
-                image_id=str(image_id),
-                source=str(path),
-                captions=captions,
-                image_path=str(path),
-                annotations=annotations,
-            )
+    def key(self, index: int) -> str:
+        image_id = self.images[index]["id"]
+        return f"{image_id:012d}" if isinstance(image_id, int) else safe_key(str(image_id))
+
+    def sample(self, index: int) -> Sample:
+        image = self.images[index]
+        image_id = image["id"]
+        captions = [Caption(str(a["id"]), a.get("caption") or "") for a in self.captions.get(image_id, [])]
+        annotations = None if self.instances is None else self.instances.get(image_id, [])
+        path = self.images_dir / image["file_name"]
+        return Sample(key=self.key(index), image_id=str(image_id), source=str(path), captions=captions,
+                      image_path=str(path), annotations=annotations)
 
     def describe(self) -> dict:
         return {"type": self.name, "images": str(self.images_dir), "captions": self.config.captions,

@@ -31,19 +31,22 @@ class FolderSource(Source):
         caption_column = pick_column(columns, config.caption_column, self.CAPTION_COLUMNS, "--caption-column")
         check_column(columns, config.id_column, "--id-column")
         self.entries = _group_rows(rows, image_column, caption_column, config.id_column)
-        self.keys = _image_keys(self.entries)
+        self.entry_keys = _image_keys(self.entries)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __iter__(self):
-        for entry, key in zip(self.entries, self.keys, strict=True):
-            path = self.images_dir / entry.relative
-            sample = Sample(key=key, image_id=entry.sample_id or entry.relative, source=str(path),
-                            captions=entry.captions, image_path=str(path))
-            if not entry.relative:
-                sample.drop(MISSING_FILE, f"table row {entry.row} names no image", "source")
-            yield sample
+    def key(self, index: int) -> str:
+        return self.entry_keys[index]
+
+    def sample(self, index: int) -> Sample:
+        entry = self.entries[index]
+        path = self.images_dir / entry.relative
+        sample = Sample(key=self.entry_keys[index], image_id=entry.sample_id or entry.relative, source=str(path),
+                        captions=list(entry.captions), image_path=str(path))
+        if not entry.relative:
+            sample.drop(MISSING_FILE, f"table row {entry.row} names no image", "source")
+        return sample
 
     def describe(self) -> dict:
         return {"type": self.name, "images": str(self.images_dir), "captions": self.config.captions,

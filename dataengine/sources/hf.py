@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 from ..config import ConfigError
@@ -54,20 +55,28 @@ class HFSource(Source):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __iter__(self):
-        for index, row in enumerate(self.dataset):
-            sample_id = str(row[self.config.id_column]) if self.config.id_column else f"{index:09d}"
-            image = row[self.image_column]
-            image_bytes, image_path = _image_ref(image)
-            texts = captions_of(row[self.caption_column])
-            yield Sample(
-                key=safe_key(sample_id),
-                image_id=sample_id,
-                source=image_path or f"{self.path}#{index}",
-                captions=[Caption(str(i), text) for i, text in enumerate(texts)],
-                image_path=image_path if image_bytes is None else None,
-                image_bytes=image_bytes,
-            )
+    @cached_property
+    def ids(self) -> list[str] | None:
+        if not self.config.id_column:
+            return None
+        return [str(value) for value in self.dataset[self.config.id_column]]
+
+    def key(self, index: int) -> str:
+        return safe_key(self.ids[index] if self.ids is not None else f"{index:09d}")
+
+    def sample(self, index: int) -> Sample:
+        row = self.dataset[index]
+        sample_id = self.ids[index] if self.ids is not None else f"{index:09d}"
+        image_bytes, image_path = _image_ref(row[self.image_column])
+        texts = captions_of(row[self.caption_column])
+        return Sample(
+            key=self.key(index),
+            image_id=sample_id,
+            source=image_path or f"{self.path}#{index}",
+            captions=[Caption(str(i), text) for i, text in enumerate(texts)],
+            image_path=image_path if image_bytes is None else None,
+            image_bytes=image_bytes,
+        )
 
     def describe(self) -> dict:
         return {"type": self.name, "dataset": str(self.path), "split": self.config.split, "num_images": len(self.dataset)}

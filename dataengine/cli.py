@@ -64,6 +64,15 @@ MINE_FLAGS = (
     Flag("--limit", "limit", "mine only the first N input images", int, "N"),
     Flag("--device", "device", "auto | cpu | cuda | cuda:N (default: auto)"),
     Flag("--images-per-batch", "images_per_batch", "images that go through the stages together (default: 8)", int, "N"),
+    Flag("--executor", "executor", "ray (default: embedded local Ray, or a cluster with --ray-address) | local (one process)",
+         choices=("ray", "local")),
+    Flag("--ray-address", "ray.address", "join a running Ray cluster: auto | HOST:PORT | ray://HOST:PORT "
+         "(default: start an embedded local Ray)", metavar="ADDRESS"),
+    Flag("--workers", "ray.num_cpus", "embedded Ray: CPU slots, i.e. parallel CPU-stage tasks (default: all cores)", int, "N"),
+    Flag("--model-actors", "ray.model_actors", "Ray: actors per model stage, each with its own model copy (default: 1)", int, "N"),
+    Flag("--actor-gpus", "ray.actor_gpus", "Ray: GPUs per model actor (default: 1 where the cluster has GPUs, else 0)", float, "G"),
+    Flag("--ray-temp-dir", "ray.temp_dir", "embedded Ray: session folder (default: a new short folder in the system temp dir)",
+         metavar="DIR"),
     Flag("--samples-per-shard", "write.samples_per_shard", "input images per output shard (default: 256)", int, "N"),
 )
 
@@ -86,7 +95,8 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag.name, **kwargs)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any setting by its dotted name, e.g. --set proposals.classical.work_size=256 (repeatable)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a corpus already in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a corpus in --out that was mined with other settings (the same settings resume it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

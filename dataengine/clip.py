@@ -97,17 +97,35 @@ def parse_clip_spec(spec: str) -> tuple[str, str | None]:
     return name, pretrained or None
 
 
+def check_clip_spec(spec: str) -> tuple[str, str | None]:
+    """Check a spec without loading weights: a known model name, and a known pretrained tag or an
+    existing checkpoint file. Returns (name, pretrained) with the checkpoint path resolved."""
+    import open_clip
+
+    register_package_models()
+    name, pretrained = parse_clip_spec(spec)
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return name, pretrained
+    if name not in open_clip.list_models():
+        raise ConfigError(f"--clip: unknown open_clip model {name!r} (see open_clip.list_models())")
+    if pretrained is None:
+        return name, None
+    if Path(pretrained).expanduser().exists():
+        return name, str(Path(pretrained).expanduser())
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        known = ", ".join(tags) or "none"
+        raise ConfigError(f"--clip: cannot load {spec}: {pretrained!r} is neither a checkpoint file nor a pretrained "
+                          f"tag of {name} (tags: {known})")
+    return name, pretrained
+
+
 def load_clip(spec: str, device: str = "cpu", seed: int = 0) -> ClipModel:
     """`ViT-B-16@openai`, `ViT-B-16@/path/to/checkpoint.pt`, or a bare name for a seeded random init."""
     import open_clip
     import torch
 
-    register_package_models()
-    name, pretrained = parse_clip_spec(spec)
-    if not name.startswith(("hf-hub:", "local-dir:")) and name not in open_clip.list_models():
-        raise ConfigError(f"--clip: unknown open_clip model {name!r} (see open_clip.list_models())")
-    if pretrained and Path(pretrained).expanduser().exists():
-        pretrained = str(Path(pretrained).expanduser())
+    name, pretrained = check_clip_spec(spec)
     try:
         with torch.random.fork_rng(devices=[]), _quiet_random_init(pretrained):
             torch.manual_seed(seed)

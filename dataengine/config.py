@@ -96,6 +96,20 @@ class WriteConfig:
 
 
 @dataclass
+class RayConfig:
+    address: str | None = None  # None: start an embedded local Ray; "auto", "HOST:PORT" or "ray://HOST:PORT": join
+    num_cpus: int | None = None  # embedded Ray: CPU slots (parallel workers) it may use; None: all cores
+    num_gpus: int | None = None  # embedded Ray: GPUs it may use; None: all visible ones
+    temp_dir: str | None = None  # embedded Ray's session folder; None: a short new folder in the system temp dir
+    object_store_memory: int | None = None  # embedded Ray: bytes of shared memory for objects; None: Ray's default
+    task_cpus: float = 1.0  # CPU slots per CPU-stage task (nouns, decode, classical or annotation proposals)
+    model_actors: int = 1  # actors per model stage (CLIP matching, learned proposals), each loads its model once
+    actor_cpus: float | None = None  # CPU slots per model actor; None: 1 with a GPU, 0 without (shares the cores)
+    actor_gpus: float | None = None  # GPUs per model actor; None: 1 when the cluster has GPUs and --device allows
+    max_retries: int = 3  # retries of a failed task and restarts of a dead actor (worker or node loss)
+
+
+@dataclass
 class MineConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     nouns: NounConfig = field(default_factory=NounConfig)
@@ -106,7 +120,8 @@ class MineConfig:
     limit: int | None = None  # mine only the first N input images
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     images_per_batch: int = 8  # images that go through the stages together
-    executor: str = "local"
+    executor: str = "ray"  # ray (embedded local Ray, or a cluster with ray.address) | local (one process)
+    ray: RayConfig = field(default_factory=RayConfig)
     progress: bool = True
 
     def validate(self) -> MineConfig:
@@ -133,8 +148,14 @@ class MineConfig:
         _check_positive("source.max_pixels", self.source.max_pixels)
         if self.limit is not None:
             _check_positive("limit", self.limit)
-        if self.executor != "local":
-            raise ConfigError(f"executor: unknown executor {self.executor!r} (available: local)")
+        if self.executor not in ("ray", "local"):
+            raise ConfigError(f"executor: unknown executor {self.executor!r} (available: ray, local)")
+        _check_positive("ray.model_actors", self.ray.model_actors)
+        _check_range("ray.task_cpus", self.ray.task_cpus, 0.0, 1024.0)
+        if self.ray.num_cpus is not None:
+            _check_positive("ray.num_cpus", self.ray.num_cpus)
+        if not isinstance(self.ray.max_retries, int) or self.ray.max_retries < 0:
+            raise ConfigError(f"ray.max_retries: must be a non-negative integer, got {self.ray.max_retries!r}")
         if not self.out:
             raise ConfigError("out: an output folder is required (--out DIR)")
         return self

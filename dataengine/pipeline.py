@@ -1,25 +1,21 @@
-"""One mining run: source -> partitions -> stages (under an executor) -> writer -> manifest."""
+"""One mining run: source -> shards -> stages (under an executor) -> writer -> manifest."""
 
 from __future__ import annotations
 
-import itertools
 import platform
-import shutil
 import time
 from importlib import metadata
-from pathlib import Path
 
 from .config import ConfigError, MineConfig
-from .executors import merge_stage_stats, partition
-from .executors.local import LocalExecutor
+from .executors import create_executor, plan_shards
+from .output import OutputFolder, fingerprint
 from .schema import SCHEMA_VERSION
 from .sources import create_source
-from .stages import build_stages
+from .stage import merge_stage_stats
 from .write import CorpusWriter, Models
 
 VERSIONED_PACKAGES = ("dataengine", "torch", "torchvision", "open_clip_torch", "spacy", "pycocotools", "webdataset",
                       "pyarrow", "numpy", "pillow", "scikit-image", "transformers", "datasets", "ray")
-OUTPUT_ENTRIES = ("shards", "index", "rejects", "stats", "manifest.json", "_tmp")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -32,77 +28,83 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder; a folder with no finished shard is simply cleaned."""
-    finished = (out / "manifest.json").exists() or any((out / "stats").glob("*.json"))
-    if finished and not overwrite:
-        raise ConfigError(f"--out: {out} already holds a mined corpus; pass --overwrite or choose another folder")
-    existing = [name for name in OUTPUT_ENTRIES if (out / name).exists()]
-    for name in existing:
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
 class Progress:
-    """A tqdm bar over images with pairs so far; silent when disabled."""
+    """A tqdm bar over images, with pairs and shards done; silent when disabled."""
 
-    def __init__(self, total: int | None, enabled: bool):
+    def __init__(self, total: int, shards: int, enabled: bool):
         from tqdm.auto import tqdm
 
-        self.pairs = 0
+        self.pairs, self.shards, self.total_shards = 0, 0, shards
         self.bar = tqdm(total=total, unit="img", desc="mining", disable=not enabled, dynamic_ncols=True)
 
-    def __call__(self, batch) -> None:
+    def images(self, batch) -> None:
         self.pairs += sum(len(sample.pairs) for sample in batch)
-        self.bar.set_postfix(pairs=self.pairs, refresh=False)
+        self.bar.set_postfix(pairs=self.pairs, shards=f"{self.shards}/{self.total_shards}", refresh=False)
         self.bar.update(len(batch))
+
+    def shard_done(self) -> None:
+        self.shards += 1
+        self.bar.set_postfix(pairs=self.pairs, shards=f"{self.shards}/{self.total_shards}")
 
     def close(self) -> None:
         self.bar.close()
 
 
+def job_models(config: MineConfig):
+    """The models a job uses (and its proposal generator, not loaded), checked before anything runs:
+    a bad name is a clear error up front."""
+    from .clip import check_clip_spec
+    from .nouns import NounExtractor
+    from .proposals import create_generator
+
+    check_clip_spec(config.match.clip)
+    generator = create_generator(config.proposals.generator, config.proposals, "cpu")
+    return Models(clip=config.match.clip, proposals=generator.model_id,
+                  nouns=NounExtractor(config.nouns).model_name), generator
+
+
 def mine(config: MineConfig, overwrite: bool = False) -> dict:
-    """Run the job described by `config`; returns the manifest (also written to OUT/manifest.json)."""
+    """Run (or resume) the job described by `config`; returns the manifest, also written to OUT."""
     from .clip import resolve_device
 
     config.validate()
-    device = resolve_device(config.device)
-    stages = build_stages(config, device)
+    # Under Ray each model actor resolves the device on its own machine; locally it is this one.
+    device = resolve_device(config.device) if config.executor == "local" else config.device
+    models, generator = job_models(config)
     source = create_source(config.source)
-    by_name = {stage.name: stage for stage in stages}
-    generator = by_name["proposals"].generator
     if generator.needs_annotations and getattr(source, "instances", None) is None:
         raise ConfigError("--proposals annotations: needs instance masks: use --source coco with --instances FILE")
-    for stage in stages:  # load models first: a bad model spec fails before anything is written
-        stage.setup()
-    out = Path(config.out)
-    prepare_output(out, overwrite)
-    models = Models(clip=config.match.clip, proposals=generator.model_id, nouns=by_name["nouns"].model_id)
-    writer = CorpusWriter(out, models, config.write.jpeg_quality)
-    samples = itertools.islice(iter(source), config.limit) if config.limit else iter(source)
-    total = _known_length(source, config.limit)
-    progress = Progress(total, config.progress)
-    start = time.perf_counter()
+    shards = plan_shards(min(len(source), config.limit or len(source)), config.write.samples_per_shard)
+    executor = create_executor(config, device)
+    executor.setup()  # models load (or the cluster is joined) before the output folder is touched
+    output = OutputFolder(config.out)
     try:
-        shard_stats = LocalExecutor(stages, writer, config.images_per_batch).run(
-            partition(samples, config.write.samples_per_shard), progress)
+        with output.locked():
+            job = fingerprint(config, vars(models), package_versions()["dataengine"] or "unknown")
+            output.prepare(job, overwrite)
+            done = output.done_shards()
+            todo = [spec for spec in shards if spec.shard not in done]
+            for spec in todo:
+                output.clear_shard(spec.shard)
+            writer = CorpusWriter(output.path, models, config.write.jpeg_quality)
+            progress = Progress(sum(spec.size for spec in todo), len(todo), config.progress)
+            start = time.perf_counter()
+            try:
+                executor.run(source, todo, writer, progress)
+            finally:
+                progress.close()
+            wall = time.perf_counter() - start
+            stats = writer.read_stats([spec.shard for spec in shards])
+            manifest = build_manifest(config, models, source.describe(), stats, wall, {spec.shard for spec in todo})
+            writer.write_manifest(manifest)
     finally:
-        progress.close()
-    manifest = build_manifest(config, models, source.describe(), shard_stats, time.perf_counter() - start)
-    writer.write_manifest(manifest)
+        executor.close()
     return manifest
 
 
-def _known_length(source, limit: int | None) -> int | None:
-    try:
-        length = len(source)
-    except TypeError:
-        return limit
-    return min(length, limit) if limit else length
-
-
-def build_manifest(config: MineConfig, models: Models, source: dict, shard_stats: list[dict], wall: float) -> dict:
+def build_manifest(config: MineConfig, models: Models, source: dict, shard_stats: list[dict], wall: float,
+                   processed_shards: set[int]) -> dict:
+    """The run summary, from the shards' stats files; throughput counts the shards this run processed."""
     counts = {key: sum(s[key] for s in shard_stats)
               for key in ("images", "images_with_pairs", "rejected_images", "pairs", "rejected_nouns")}
     reasons: dict[str, int] = {}
@@ -110,17 +112,20 @@ def build_manifest(config: MineConfig, models: Models, source: dict, shard_stats
         for reason, count in stats["reject_reasons"].items():
             reasons[reason] = reasons.get(reason, 0) + count
     counts["reject_reasons"] = dict(sorted(reasons.items()))
+    processed = [s for s in shard_stats if s["shard"] in processed_shards]
+    images, pairs = sum(s["images"] for s in processed), sum(s["pairs"] for s in processed)
     return {
         "schema_version": SCHEMA_VERSION,
         "dataengine_version": package_versions()["dataengine"] or "unknown",
         "config": config.to_dict(),
         "versions": package_versions(),
-        "models": {"clip": models.clip, "proposals": models.proposals, "nouns": models.nouns},
+        "models": vars(models),
         "source": source,
         "counts": counts,
         "shards": [{key: s[key] for key in ("shard", "images", "pairs", "tar", "index", "rejects")} for s in shard_stats],
+        "resumed_shards": len(shard_stats) - len(processed),
         "stages": merge_stage_stats([s["stages"] for s in shard_stats]),
         "wall_seconds": round(wall, 3),
-        "images_per_second": round(counts["images"] / wall, 3) if wall > 0 else 0.0,
-        "pairs_per_second": round(counts["pairs"] / wall, 3) if wall > 0 else 0.0,
+        "images_per_second": round(images / wall, 3) if wall > 0 else 0.0,
+        "pairs_per_second": round(pairs / wall, 3) if wall > 0 else 0.0,
     }

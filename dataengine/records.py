@@ -112,15 +112,19 @@ class Proposals:
 
 @dataclass
 class Pair:
-    """One mined (masked region, noun) pair, with the 224x224 crop CLIP saw."""
+    """One mined (masked region, noun) pair, with the 224x224 crop CLIP saw.
+
+    The crop and its mask are arrays until `files` (their JPEG and PNG bytes) is set; the match
+    stage encodes them where it makes them, so that only compact bytes travel to the writer."""
 
     key: str
     noun: NounMention
     proposal_index: int
     score: float
     margin: float | None
-    crop: np.ndarray  # (S, S, 3) uint8, outside-mask pixels at the CLIP mean
-    crop_mask: np.ndarray  # (S, S) bool
+    crop: np.ndarray | None  # (S, S, 3) uint8, outside-mask pixels at the CLIP mean
+    crop_mask: np.ndarray | None  # (S, S) bool
+    files: tuple[bytes, bytes] | None = None  # (KEY.jpg, KEY.mask.png)
 
 
 @dataclass
@@ -133,7 +137,8 @@ class Sample:
     image_range: tuple[int, int] | None = None  # (offset, size) of the image inside image_path (tar members)
     image_bytes: bytes | None = None
     annotations: list[dict] | None = None  # COCO-style instances, where the source has them
-    index: int = -1  # position in the source's deterministic order, set by the executor
+    index: int = -1  # position in the source's deterministic order
+    shard: int = -1  # output shard, where an executor needs to carry it along
 
     nouns: list[NounMention] = field(default_factory=list)
     image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, set by the decode stage
@@ -143,6 +148,7 @@ class Sample:
     pairs: list[Pair] = field(default_factory=list)
     noun_rejects: list[Reject] = field(default_factory=list)
     reject: Reject | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage ("match.forward": a phase)
 
     @property
     def alive(self) -> bool:

@@ -9,7 +9,8 @@ from .config import MineConfig
 from .images import load_sample_image
 from .masks import finalize
 from .records import Sample
-from .stage import Stage
+from .stage import Stage, share_time
+from .write import encode_pair
 
 NO_CAPTION = "no_caption"
 NO_NOUNS = "no_nouns"
@@ -95,6 +96,7 @@ class MatchStage(Stage):
     def __init__(self, config: MineConfig, device: str):
         super().__init__()
         self.config = config.match
+        self.jpeg_quality = config.write.jpeg_quality
         self.device = device
         self.matcher = None
 
@@ -107,23 +109,17 @@ class MatchStage(Stage):
 
     def process_batch(self, samples: list[Sample]) -> None:
         self.setup()
+        before = dict(self.matcher.timer.seconds)
         self.matcher.match(samples)
+        for phase, seconds in self.matcher.timer.seconds.items():
+            share_time(samples, f"{self.name}.{phase}", seconds - before.get(phase, 0.0))
         for sample in samples:
             sample.image = None  # the pairs hold their crops; the full image is no longer needed
+            for pair in sample.pairs:
+                encode_pair(pair, self.jpeg_quality)
             if not sample.pairs:
                 reasons = sorted({r.reason for r in sample.noun_rejects})
                 sample.drop(NO_PAIRS, f"all {len(sample.nouns)} noun(s) rejected: {', '.join(reasons)}", self.name)
-
-    def stats(self) -> dict:
-        stats = super().stats()
-        if self.matcher is not None:
-            stats["phases"] = {k: round(v, 3) for k, v in self.matcher.timer.seconds.items()}
-        return stats
-
-    def reset_stats(self) -> None:
-        super().reset_stats()
-        if self.matcher is not None:
-            self.matcher.timer.seconds.clear()
 
 
 def build_stages(config: MineConfig, device: str) -> list[Stage]:

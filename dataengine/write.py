@@ -23,6 +23,7 @@ from PIL import Image
 from .keys import pair_key
 from .records import IMAGE_LEVEL, Pair, Reject, Sample
 from .schema import SCHEMA_VERSION, arrow_schema
+from .stage import stage_stats
 
 SHARD_TAR = "shards/pairs-{:06d}.tar"
 SHARD_INDEX = "index/pairs-{:06d}.parquet"
@@ -53,6 +54,13 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def encode_pair(pair: Pair, quality: int) -> None:
+    """Set the pair's shard files (JPEG crop, PNG mask) and release its arrays."""
+    if pair.files is None:
+        pair.files = (encode_jpeg(pair.crop, quality), encode_mask_png(pair.crop_mask))
+        pair.crop = pair.crop_mask = None
 
 
 def pair_metadata(sample: Sample, pair: Pair, models: Models) -> dict:
@@ -124,7 +132,7 @@ class CorpusWriter:
         for folder in ("shards", "index", "rejects", "stats", TMP_DIR):
             (self.out / folder).mkdir(parents=True, exist_ok=True)
 
-    def write_shard(self, shard: int, samples: list[Sample], stage_stats: dict | None = None) -> dict:
+    def write_shard(self, shard: int, samples: list[Sample]) -> dict:
         metas = [(sample, pair, pair_metadata(sample, pair, self.models)) for sample in samples for pair in sample.pairs]
         rejects = [row for sample in samples for row in reject_rows(sample, shard)]
         written = {
@@ -143,7 +151,7 @@ class CorpusWriter:
             "reject_reasons": dict(sorted(Counter(row["reason"] for row in rejects).items())),
             "nouns": dict(Counter(pair.noun.noun for _, pair, _ in metas).most_common()),
             **written,
-            "stages": stage_stats or {},
+            "stages": stage_stats(samples),
         }
         self._commit(SHARD_STATS.format(shard), json.dumps(stats, indent=1, sort_keys=True).encode())
         return stats
@@ -153,10 +161,11 @@ class CorpusWriter:
         temporary = self._temporary(name)
         with open(temporary, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as sink:
             for _sample, pair, meta in metas:
+                encode_pair(pair, self.jpeg_quality)
                 sink.write({
                     "__key__": pair.key,
-                    "jpg": encode_jpeg(pair.crop, self.jpeg_quality),
-                    "mask.png": encode_mask_png(pair.crop_mask),
+                    "jpg": pair.files[0],
+                    "mask.png": pair.files[1],
                     "txt": pair.noun.noun.encode("utf-8"),
                     "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"),
                 })
@@ -178,6 +187,9 @@ class CorpusWriter:
     def _rename(self, temporary: Path, name: str) -> str:
         os.replace(temporary, self.out / name)
         return name
+
+    def read_stats(self, shards) -> list[dict]:
+        return [json.loads((self.out / SHARD_STATS.format(shard)).read_text()) for shard in shards]
 
     def write_manifest(self, manifest: dict) -> Path:
         self._commit("manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())

@@ -71,7 +71,7 @@ def test_user_errors_are_one_line_and_exit_2(argv, message, capsys, tmp_path, mo
 
 def test_bad_clip_and_device_are_one_line_errors(capsys, tmp_path, coco_mini):
     base = ["mine", "--images", str(coco_mini / "images"), "--captions", str(coco_mini / "captions.json"),
-            "--out", str(tmp_path / "o"), "--no-progress", "--limit", "1"]
+            "--out", str(tmp_path / "o"), "--no-progress", "--limit", "1", "--executor", "local"]
     code, _, err = run_cli(base + ["--clip", "NoSuchModel-7"], capsys)
     assert code == 2 and "unknown open_clip model" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(base + ["--clip", "dataengine-tiny@/nonexistent/weights.pt"], capsys)
@@ -93,7 +93,7 @@ def test_mine_then_inspect(capsys, tmp_path, coco_mini):
             str(coco_mini / "captions.json"), "--instances", str(coco_mini / "instances.json"),
             "--proposals", "annotations", "--out", str(out), "--limit", "6", "--max-captions", "1",
             "--min-score", "-1", "--one-to-one", "--batch-size", "7", "--device", "cpu", "--no-progress",
-            "--samples-per-shard", "4", "--set", "write.jpeg_quality=90"]
+            "--samples-per-shard", "4", "--set", "write.jpeg_quality=90", "--executor", "local"]
     code, stdout, _ = run_cli(argv, capsys)
     assert code == 0
     assert "mined" in stdout and "inspect with" in stdout
@@ -106,9 +106,15 @@ def test_mine_then_inspect(capsys, tmp_path, coco_mini):
     keys = {s.key for s in list(create_source(create_source_config(coco_mini)))[:6]}
     check_corpus(out, keys)
 
-    code, _, err = run_cli(argv, capsys)  # the folder holds a corpus now
-    assert code == 2 and "--overwrite" in err
-    assert run_cli(argv + ["--overwrite"], capsys)[0] == 0
+    assert run_cli(argv, capsys)[0] == 0  # the same job again: every shard is done, nothing is redone
+    rerun = json.loads((out / "manifest.json").read_text())
+    assert rerun["resumed_shards"] == len(rerun["shards"]) == 2 and rerun["counts"] == manifest["counts"]
+    changed = [arg if arg != "--one-to-one" else "--max-pairs-per-image=2" for arg in argv]
+    code, _, err = run_cli(changed, capsys)  # other settings: refused, the corpus is left as it is
+    assert code == 2 and "--overwrite" in err and "match.max_pairs_per_image" in err
+    assert run_cli(changed + ["--overwrite"], capsys)[0] == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["match"]["max_pairs_per_image"] == 2
 
     code, stdout, _ = run_cli(["inspect", str(out)], capsys)
     assert code == 0
@@ -135,7 +141,8 @@ def test_yaml_config_with_flag_overrides(capsys, tmp_path, coco_mini):
         "limit: 50\n"
     )
     out = tmp_path / "from-flag"
-    code, _, _ = run_cli(["mine", "--config", str(yaml_path), "--out", str(out), "--limit", "2", "--no-progress"], capsys)
+    code, _, _ = run_cli(["mine", "--config", str(yaml_path), "--out", str(out), "--limit", "2", "--no-progress",
+                          "--executor", "local"], capsys)
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["limit"] == 2 and manifest["config"]["proposals"]["max_proposals"] == 5

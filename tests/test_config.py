@@ -211,8 +211,11 @@ def test_validate_needs_out_and_a_known_executor():
     with pytest.raises(ConfigError, match=r"^out: "):
         MineConfig().validate()
     config = valid()
-    config.executor = "ray"
-    with pytest.raises(ConfigError, match=r"^executor: unknown executor 'ray'"):
+    config.executor = "spark"
+    with pytest.raises(ConfigError, match=r"^executor: unknown executor 'spark'"):
+        config.validate()
+    for executor in ("ray", "local"):
+        config.executor = executor
         config.validate()
 
 

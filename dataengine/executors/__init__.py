@@ -1,46 +1,36 @@
-"""Executors run the same list of stages over partitions of the input; they never know what a stage does.
+"""Executors run the same list of stages over shards of the input; they never know what a stage does.
 
-`partition(samples, samples_per_shard)` is the one definition of the input-to-shard mapping:
-shard id = position in the source's deterministic order // samples_per_shard.
+`plan_shards` is the one definition of the input-to-shard mapping: shard N holds the samples at
+positions N * samples_per_shard .. (N + 1) * samples_per_shard - 1 of the source's deterministic
+order, whatever executor or number of workers processes them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-
-from ..records import Sample
-
-DUPLICATE_KEY = "duplicate_key"
+from dataclasses import dataclass
 
 
-def partition(samples: Iterable[Sample], samples_per_shard: int) -> Iterator[tuple[int, list[Sample]]]:
-    """(shard id, samples) in order; a repeated sample key is rejected, never silently merged."""
-    seen: set[str] = set()
-    shard: list[Sample] = []
-    for index, sample in enumerate(samples):
-        sample.index = index
-        if sample.key in seen:
-            sample.drop(DUPLICATE_KEY, f"key {sample.key} already used by an earlier input", "source")
-        seen.add(sample.key)
-        shard.append(sample)
-        if len(shard) == samples_per_shard:
-            yield index // samples_per_shard, shard
-            shard = []
-    if shard:
-        yield shard[0].index // samples_per_shard, shard
+@dataclass(frozen=True)
+class ShardSpec:
+    shard: int
+    start: int  # first sample position
+    stop: int  # one past the last
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
 
 
-def merge_stage_stats(per_shard: list[dict]) -> dict:
-    """Sum per-shard stage stats (seconds, samples, drops by reason, timed phases) into one."""
-    merged: dict[str, dict] = {}
-    for stages in per_shard:
-        for name, stats in stages.items():
-            into = merged.setdefault(name, {"seconds": 0.0, "samples_in": 0, "dropped": {}})
-            into["seconds"] = round(into["seconds"] + stats["seconds"], 3)
-            into["samples_in"] += stats["samples_in"]
-            for reason, count in stats["dropped"].items():
-                into["dropped"][reason] = into["dropped"].get(reason, 0) + count
-            for phase, seconds in stats.get("phases", {}).items():
-                phases = into.setdefault("phases", {})
-                phases[phase] = round(phases.get(phase, 0.0) + seconds, 3)
-    return merged
+def plan_shards(total: int, samples_per_shard: int) -> list[ShardSpec]:
+    return [ShardSpec(start // samples_per_shard, start, min(start + samples_per_shard, total))
+            for start in range(0, total, samples_per_shard)]
+
+
+def create_executor(config, device: str):
+    if config.executor == "ray":
+        from .ray import RayExecutor
+
+        return RayExecutor(config, device)
+    from .local import LocalExecutor
+
+    return LocalExecutor(config, device)

@@ -1,0 +1,112 @@
+"""The output folder of a run: one writer at a time (a lock), and resumption of an interrupted run.
+
+`run.json` records the fingerprint of the job (every setting that shapes the output, the models
+and the package version). A rerun with the same fingerprint resumes: shards whose
+`stats/%06d.json` exists are done and skipped, the others are cleaned and redone. A rerun with a
+different fingerprint is refused unless `--overwrite`, which starts the folder afresh. A folder
+with no finished shard is simply reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+from .config import ConfigError, MineConfig
+from .write import SHARD_INDEX, SHARD_REJECTS, SHARD_STATS, SHARD_TAR, TMP_DIR
+
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+OUTPUT_ENTRIES = ("shards", "index", "rejects", "stats", "manifest.json", TMP_DIR, RUN_FILE)
+# Settings that change how a job runs, never what it writes.
+EXECUTION_ONLY = {"out", "device", "images_per_batch", "executor", "progress", "ray",
+                  "nouns.batch_size", "nouns.n_process", "match.batch_size"}
+
+
+def fingerprint(config: MineConfig, models: dict, version: str) -> dict:
+    settings = config.to_dict()
+    for name in EXECUTION_ONLY:
+        parent, _, leaf = name.rpartition(".")
+        (settings[parent] if parent else settings).pop(leaf, None)
+    return {"settings": settings, "models": models, "dataengine_version": version}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    found = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found.extend(_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+class OutputFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold an exclusive lock on the folder for the whole run; the OS drops it if the process dies."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / LOCK_FILE
+        handle = open(lock_path, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise ConfigError(f"--out: {self.path} is being written by another dataengine run ({holder}); "
+                                  "wait for it to finish or choose another folder") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            handle.flush()
+            yield self
+        finally:
+            handle.close()
+
+    def done_shards(self) -> set[int]:
+        return {int(path.stem) for path in (self.path / "stats").glob("*.json") if path.stem.isdigit()}
+
+    def prepare(self, job: dict, overwrite: bool) -> int:
+        """Make the folder ready for `job`; returns how many finished shards will be kept (resumed)."""
+        run_file = self.path / RUN_FILE
+        previous = json.loads(run_file.read_text()) if run_file.exists() else None
+        finished = self.done_shards() or (self.path / "manifest.json").exists()
+        if finished and not overwrite:
+            if previous is None:
+                raise ConfigError(f"--out: {self.path} holds a corpus of unknown origin (no {RUN_FILE}); "
+                                  "pass --overwrite or choose another folder")
+            changed = _differences(previous["job"], job)
+            if changed:
+                raise ConfigError(f"--out: {self.path} holds a corpus mined with other settings "
+                                  f"({', '.join(changed[:5])}); pass --overwrite or choose another folder")
+        if overwrite or not finished or previous is None:
+            self._clear()
+        shutil.rmtree(self.path / TMP_DIR, ignore_errors=True)
+        (self.path / "manifest.json").unlink(missing_ok=True)  # rewritten when this run completes
+        run_file.write_text(json.dumps({"job": job}, indent=1, sort_keys=True))
+        return len(self.done_shards())
+
+    def clear_shard(self, shard: int) -> None:
+        """Remove what an interrupted attempt left of an unfinished shard."""
+        for pattern in (SHARD_TAR, SHARD_INDEX, SHARD_REJECTS, SHARD_STATS):
+            (self.path / pattern.format(shard)).unlink(missing_ok=True)
+
+    def _clear(self) -> None:
+        for name in OUTPUT_ENTRIES:
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()

@@ -52,7 +52,8 @@ MINE_FLAGS = (
     Flag("--proposals", "proposals.generator", "mask proposals: annotations | classical | hf:MODEL_ID_OR_PATH (default: classical)", metavar="GEN"),
     Flag("--mask-threshold", "proposals.mask_threshold", "binarization threshold of soft masks, 0..1 (default: 0.4)", float, "T"),
     Flag("--max-proposals", "proposals.max_proposals", "proposals kept per image after NMS (default: 100)", int, "N"),
-    Flag("--clip", "match.clip", "open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT] (default: dataengine-tiny, seeded random init)", metavar="SPEC"),
+    Flag("--clip", "match.clip", "open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT] (default: ViT-B-16@openai; a bare NAME such as "
+         "dataengine-tiny is a seeded random init, for tests and demos)", metavar="SPEC"),
     Flag("--min-score", "match.min_score", "minimum cosine similarity of a pair, -1..1 (default: none)", float, "S"),
     Flag("--min-margin", "match.min_margin", "minimum best-minus-second-best score, 0..2 (default: none)", float, "M"),
     Flag("--one-to-one", "match.one_to_one", "each proposal gets at most one noun", bool, action="store_true"),

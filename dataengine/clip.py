@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
+from .hub import hub_access
 
 # ViLD's 14 prompt templates, as in the method reference.
 TEMPLATES = (
@@ -120,14 +121,34 @@ def check_clip_spec(spec: str) -> tuple[str, str | None]:
     return name, pretrained
 
 
+def fetch_clip_weights(spec: str) -> None:
+    """Make sure a pretrained tag's weights are in the local cache (downloading them where a network
+    exists), without building the model: a missing model is an error before any work starts."""
+    import open_clip
+
+    name, pretrained = check_clip_spec(spec)
+    if not pretrained or Path(pretrained).exists() or name.startswith(("hf-hub:", "local-dir:")):
+        return
+    try:
+        with hub_access():
+            path = open_clip.download_pretrained(open_clip.get_pretrained_cfg(name, pretrained))
+    except Exception as error:  # network, cache and hub errors all mean the same thing here
+        raise ConfigError(f"--clip: cannot get the weights of {spec} ({type(error).__name__}); on a machine "
+                          "without network, give a local checkpoint: NAME@/path/to/weights.pt") from error
+    if not path:
+        raise ConfigError(f"--clip: no download location known for {spec}")
+
+
 def load_clip(spec: str, device: str = "cpu", seed: int = 0) -> ClipModel:
     """`ViT-B-16@openai`, `ViT-B-16@/path/to/checkpoint.pt`, or a bare name for a seeded random init."""
     import open_clip
     import torch
 
     name, pretrained = check_clip_spec(spec)
+    if not pretrained:
+        log.info("CLIP %s: no pretrained weights requested: seeded random initialisation", name)
     try:
-        with torch.random.fork_rng(devices=[]), _quiet_random_init(pretrained):
+        with torch.random.fork_rng(devices=[]), hub_access():
             torch.manual_seed(seed)
             model = open_clip.create_model(name, pretrained=pretrained, device=device)
     except RuntimeError as error:
@@ -138,22 +159,6 @@ def load_clip(spec: str, device: str = "cpu", seed: int = 0) -> ClipModel:
     return ClipModel(spec, model, open_clip.get_tokenizer(name), device, int(size),
                      tuple(visual.image_mean or open_clip.OPENAI_DATASET_MEAN),
                      tuple(visual.image_std or open_clip.OPENAI_DATASET_STD))
-
-
-@contextlib.contextmanager
-def _quiet_random_init(pretrained: str | None):
-    """open_clip warns (on the root logger) that no weights were loaded; without a pretrained tag
-    that is the request, so say it once at info level instead."""
-    if pretrained:
-        yield
-        return
-    log.info("CLIP: no pretrained weights requested: seeded random initialisation")
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
 
 
 class NounEmbeddings:

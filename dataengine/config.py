@@ -7,6 +7,7 @@ beside it; `MineConfig.validate()` turns a bad value into a `ConfigError` naming
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,7 @@ class ProposalConfig:
 
 @dataclass
 class MatchConfig:
-    clip: str = "dataengine-tiny"  # open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT_PATH]
+    clip: str = "ViT-B-16@openai"  # open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT_PATH]; a bare NAME: random init
     min_score: float | None = None  # cosine similarity a pair needs, -1..1 (None: keep every argmax)
     min_margin: float | None = None  # best minus second-best cosine a pair needs, 0..2
     one_to_one: bool = False  # each proposal gets at most one noun (max-total-score assignment)
@@ -140,6 +141,9 @@ class MineConfig:
         if self.match.batch_size is not None:
             _check_positive("match.batch_size", self.match.batch_size)
         _check_positive("nouns.batch_size", self.nouns.batch_size)
+        if self.nouns.max_captions_per_image is not None:
+            _check_positive("nouns.max_captions_per_image", self.nouns.max_captions_per_image)
+        self._validate_generators()
         _check_positive("nouns.n_process", self.nouns.n_process)
         _check_positive("write.samples_per_shard", self.write.samples_per_shard)
         _check_positive("write.jpeg_quality", self.write.jpeg_quality)
@@ -159,6 +163,24 @@ class MineConfig:
         if not self.out:
             raise ConfigError("out: an output folder is required (--out DIR)")
         return self
+
+    def _validate_generators(self) -> None:
+        classical, hf = self.proposals.classical, self.proposals.hf
+        for number, scale in enumerate(classical.felzenszwalb_scales):
+            _check_range(f"proposals.classical.felzenszwalb_scales[{number}]", scale, 1e-6, 1e9)
+        for number, segments in enumerate(classical.slic_segments):
+            _check_positive(f"proposals.classical.slic_segments[{number}]", segments)
+        for number, threshold in enumerate(classical.merge_thresholds):
+            _check_range(f"proposals.classical.merge_thresholds[{number}]", threshold, 0.0, 1e9)
+        _check_range("proposals.classical.felzenszwalb_sigma", classical.felzenszwalb_sigma, 0.0, 100.0)
+        _check_positive("proposals.classical.felzenszwalb_min_size", classical.felzenszwalb_min_size)
+        _check_range("proposals.classical.slic_compactness", classical.slic_compactness, 1e-6, 1e6)
+        if not classical.felzenszwalb_scales and not classical.slic_segments:
+            raise ConfigError("proposals.classical: needs at least one Felzenszwalb scale or SLIC size")
+        _check_range("proposals.hf.score_threshold", hf.score_threshold, 0.0, 1.0)
+        _check_range("proposals.hf.pred_iou_thresh", hf.pred_iou_thresh, 0.0, 1.0)
+        _check_range("proposals.hf.stability_score_thresh", hf.stability_score_thresh, 0.0, 1.0)
+        _check_positive("proposals.hf.points_per_batch", hf.points_per_batch)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,8 +210,39 @@ def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
     for name, value in data.items():
         hint = hints[name]
         path = f"{where}.{name}" if where else name
-        kwargs[name] = from_dict(hint, value, path) if dataclasses.is_dataclass(hint) else value
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, path)
+        elif not _matches(value, hint):
+            raise ConfigError(f"{path}: expected {_type_name(hint)}, got {value!r}")
+        else:
+            kwargs[name] = float(value) if hint is float else value
     return cls(**kwargs)
+
+
+def _matches(value, hint) -> bool:
+    """Whether a YAML/flag value fits a setting's type hint (int is accepted where float is expected)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(element, item) for element in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return "null" if hint is type(None) else hint.__name__
 
 
 def load_yaml_config(path: str | Path) -> MineConfig:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .config import MineConfig, SourceConfig
+from .config import MineConfig, load_yaml_config
 
 # (scikit-image loader, captions) for photos that ship inside scikit-image (no download).
 DEMO_PHOTOS = {
@@ -60,10 +60,11 @@ def write_demo_input(folder: Path) -> tuple[Path, Path]:
 
 
 def demo_config(out: str | Path, progress: bool = True) -> MineConfig:
+    """pipelines/demo.yaml, pointed at OUT (the demo's input is written to OUT/input)."""
+    config = load_yaml_config("demo")
     images, table = write_demo_input(Path(out) / "input")
-    config = MineConfig(source=SourceConfig(type="folder", images=str(images), captions=str(table)), out=str(out),
-                        progress=progress)
-    config.proposals.max_proposals = 40
+    config.source.images, config.source.captions = str(images), str(table)
+    config.out, config.progress = str(out), progress
     return config
 
 

@@ -56,6 +56,8 @@ class OutputFolder:
     @contextlib.contextmanager
     def locked(self):
         """Hold an exclusive lock on the folder for the whole run; the OS drops it if the process dies."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"--out: {self.path} is a file, not a folder")
         self.path.mkdir(parents=True, exist_ok=True)
         lock_path = self.path / LOCK_FILE
         handle = open(lock_path, "a+")
@@ -79,15 +81,19 @@ class OutputFolder:
         return {int(path.stem) for path in (self.path / "stats").glob("*.json") if path.stem.isdigit()}
 
     def prepare(self, job: dict, overwrite: bool) -> int:
-        """Make the folder ready for `job`; returns how many finished shards will be kept (resumed)."""
+        """Make the folder ready for `job`; returns how many finished shards will be kept (resumed).
+
+        Only a folder this package made (it holds run.json) is ever cleaned without --overwrite:
+        a non-empty folder of anything else is refused, so that no user file is deleted."""
         run_file = self.path / RUN_FILE
-        previous = json.loads(run_file.read_text()) if run_file.exists() else None
-        finished = self.done_shards() or (self.path / "manifest.json").exists()
-        if finished and not overwrite:
-            if previous is None:
-                raise ConfigError(f"--out: {self.path} holds a corpus of unknown origin (no {RUN_FILE}); "
-                                  "pass --overwrite or choose another folder")
-            changed = _differences(previous["job"], job)
+        previous = self._previous_job(run_file)
+        foreign = sorted(set(os.listdir(self.path)) - {LOCK_FILE})
+        if previous is None and foreign and not overwrite:
+            raise ConfigError(f"--out: {self.path} is not empty and was not written by dataengine "
+                              f"({', '.join(foreign[:3])}...); choose an empty or new folder, or pass --overwrite")
+        finished = bool(self.done_shards())
+        if previous is not None and finished and not overwrite:
+            changed = _differences(previous, job)
             if changed:
                 raise ConfigError(f"--out: {self.path} holds a corpus mined with other settings "
                                   f"({', '.join(changed[:5])}); pass --overwrite or choose another folder")
@@ -97,6 +103,14 @@ class OutputFolder:
         (self.path / "manifest.json").unlink(missing_ok=True)  # rewritten when this run completes
         run_file.write_text(json.dumps({"job": job}, indent=1, sort_keys=True))
         return len(self.done_shards())
+
+    def _previous_job(self, run_file: Path) -> dict | None:
+        if not run_file.exists():
+            return None
+        try:
+            return json.loads(run_file.read_text())["job"]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise ConfigError(f"--out: {run_file} is damaged ({type(error).__name__}); pass --overwrite") from error
 
     def clear_shard(self, shard: int) -> None:
         """Remove what an interrupted attempt left of an unfinished shard."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from importlib import metadata
@@ -9,11 +10,13 @@ from importlib import metadata
 from .config import ConfigError, MineConfig
 from .executors import create_executor, plan_shards
 from .output import OutputFolder, fingerprint
+from .proposals import create_generator
 from .schema import SCHEMA_VERSION
 from .sources import create_source
 from .stage import merge_stage_stats
 from .write import CorpusWriter, Models
 
+log = logging.getLogger(__name__)
 VERSIONED_PACKAGES = ("dataengine", "torch", "torchvision", "open_clip_torch", "spacy", "pycocotools", "webdataset",
                       "pyarrow", "numpy", "pillow", "scikit-image", "transformers", "datasets", "ray")
 
@@ -50,17 +53,16 @@ class Progress:
         self.bar.close()
 
 
-def job_models(config: MineConfig):
-    """The models a job uses (and its proposal generator, not loaded), checked before anything runs:
-    a bad name is a clear error up front."""
-    from .clip import check_clip_spec
+def job_models(config: MineConfig, generator) -> Models:
+    """The models a job uses, checked before any work starts: a missing model is a clear error up
+    front (CLIP weights are fetched into the local cache where a network exists)."""
+    from .clip import check_clip_spec, fetch_clip_weights
     from .nouns import NounExtractor
-    from .proposals import create_generator
 
     check_clip_spec(config.match.clip)
-    generator = create_generator(config.proposals.generator, config.proposals, "cpu")
-    return Models(clip=config.match.clip, proposals=generator.model_id,
-                  nouns=NounExtractor(config.nouns).model_name), generator
+    nouns = NounExtractor(config.nouns).model_name
+    fetch_clip_weights(config.match.clip)
+    return Models(clip=config.match.clip, proposals=generator.model_id, nouns=nouns)
 
 
 def mine(config: MineConfig, overwrite: bool = False) -> dict:
@@ -68,12 +70,16 @@ def mine(config: MineConfig, overwrite: bool = False) -> dict:
     from .clip import resolve_device
 
     config.validate()
+    if "@" not in config.match.clip:
+        log.warning("--clip %s has no pretrained weights: seeded random initialisation, the pairs show the "
+                    "machinery only", config.match.clip)
     # Under Ray each model actor resolves the device on its own machine; locally it is this one.
     device = resolve_device(config.device) if config.executor == "local" else config.device
-    models, generator = job_models(config)
+    generator = create_generator(config.proposals.generator, config.proposals, "cpu")  # checks the spec only
     source = create_source(config.source)
     if generator.needs_annotations and getattr(source, "instances", None) is None:
         raise ConfigError("--proposals annotations: needs instance masks: use --source coco with --instances FILE")
+    models = job_models(config, generator)
     shards = plan_shards(min(len(source), config.limit or len(source)), config.write.samples_per_shard)
     executor = create_executor(config, device)
     executor.setup()  # models load (or the cluster is joined) before the output folder is touched

@@ -56,6 +56,7 @@ def test_every_bad_input_is_a_reject_row_and_the_run_goes_on(tmp_path):
     images, table = build_bad_folder(tmp_path)
     config = MineConfig(source=SourceConfig(type="folder", images=str(images), captions=str(table)),
                         out=str(tmp_path / "out"), progress=False, executor="local", images_per_batch=3)
+    config.match.clip = "dataengine-tiny"
     config.write.samples_per_shard = 4
     manifest = mine(config)
     corpus = check_corpus(Path(config.out), {s.key for s in create_source(config.source)})
@@ -95,6 +96,7 @@ def test_stage_errors_and_all_empty_proposals_become_reject_rows(tmp_path, coco_
     source = SourceConfig(type="coco", images=str(coco_mini / "images"), captions=str(tmp_path / "captions.json"),
                           instances=str(tmp_path / "instances.json"))
     config = MineConfig(source=source, out=str(tmp_path / "out"), progress=False, executor="local")
+    config.match.clip = "dataengine-tiny"
     config.proposals.generator = "annotations"
     mine(config)
     corpus = check_corpus(Path(config.out), {s.key for s in create_source(config.source)})

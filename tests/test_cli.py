@@ -93,7 +93,7 @@ def test_mine_then_inspect(capsys, tmp_path, coco_mini):
             str(coco_mini / "captions.json"), "--instances", str(coco_mini / "instances.json"),
             "--proposals", "annotations", "--out", str(out), "--limit", "6", "--max-captions", "1",
             "--min-score", "-1", "--one-to-one", "--batch-size", "7", "--device", "cpu", "--no-progress",
-            "--samples-per-shard", "4", "--set", "write.jpeg_quality=90", "--executor", "local"]
+            "--samples-per-shard", "4", "--set", "write.jpeg_quality=90", "--executor", "local", "--clip", "dataengine-tiny"]
     code, stdout, _ = run_cli(argv, capsys)
     assert code == 0
     assert "mined" in stdout and "inspect with" in stdout

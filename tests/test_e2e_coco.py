@@ -18,6 +18,7 @@ def coco_config(coco_mini, out, generator: str) -> MineConfig:
     source = SourceConfig(type="coco", images=str(coco_mini / "images"), captions=str(coco_mini / "captions.json"),
                           instances=str(coco_mini / "instances.json"))
     config = MineConfig(source=source, out=str(out), progress=False, executor="local")
+    config.match.clip = "dataengine-tiny"
     config.proposals.generator = generator
     config.write.samples_per_shard = 50  # several shards, the last one partial
     return config

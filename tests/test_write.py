@@ -48,6 +48,7 @@ def tiny_folder(root: Path) -> SourceConfig:
 
 def run(source: SourceConfig, out: Path, **match) -> MineConfig:
     config = MineConfig(source=source, out=str(out), progress=False, executor="local", images_per_batch=2)
+    config.match.clip = "dataengine-tiny"
     config.write.samples_per_shard = 2
     config.proposals.max_proposals = 8
     for key, value in match.items():

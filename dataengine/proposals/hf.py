@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import ConfigError, ProposalConfig
+from ..hub import hub_access
 from ..records import Proposals, Sample
 from . import ProposalGenerator
 
@@ -33,7 +34,8 @@ def _model_type(model: str, revision: str | None) -> str:
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(model, revision=revision).model_type
+        with hub_access():
+            return AutoConfig.from_pretrained(model, revision=revision).model_type
     except (OSError, ValueError) as error:
         raise ConfigError(
             f"--proposals: cannot load hf:{model} ({type(error).__name__}); give a local folder "
@@ -61,8 +63,9 @@ class MaskFormerProposals(HFProposals):
         from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
         revision = self.config.hf.revision
-        self.processor = AutoImageProcessor.from_pretrained(self.model_name, revision=revision)
-        self.model = AutoModelForUniversalSegmentation.from_pretrained(self.model_name, revision=revision)
+        with hub_access():
+            self.processor = AutoImageProcessor.from_pretrained(self.model_name, revision=revision)
+            self.model = AutoModelForUniversalSegmentation.from_pretrained(self.model_name, revision=revision)
         self.model.eval().to(self.device)
 
     def generate_batch(self, samples: list[Sample]) -> list[Proposals]:
@@ -104,8 +107,9 @@ class SamProposals(HFProposals):
             return
         from transformers import pipeline
 
-        self.model = pipeline("mask-generation", model=self.model_name, revision=self.config.hf.revision,
-                              device=self.device)
+        with hub_access():
+            self.model = pipeline("mask-generation", model=self.model_name, revision=self.config.hf.revision,
+                                  device=self.device)
 
     def generate(self, sample: Sample) -> Proposals:
         from PIL import Image

@@ -44,6 +44,7 @@ class NounConfig:
     extra_drop_nouns: list[str] = field(default_factory=list)  # added to drop_nouns
     compounds: list[str] | None = None  # None: the packaged list of known compounds (data/compound_nouns.txt)
     extra_compounds: list[str] = field(default_factory=list)  # added to compounds
+    extra_plural_nouns: list[str] = field(default_factory=list)  # added to data/plural_nouns.txt (kept unlemmatised)
     max_captions_per_image: int | None = None  # use only the first N captions (method: 1 or 5)
 
 

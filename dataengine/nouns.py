@@ -49,6 +49,7 @@ class NounExtractor:
         compounds = config.compounds if config.compounds is not None else read_word_list("compound_nouns.txt")
         self.compounds = frozenset(" ".join(c.lower().split()) for c in [*compounds, *config.extra_compounds])
         self.max_compound_words = max((len(c.split()) for c in self.compounds), default=1)
+        self.plural_nouns = frozenset(read_word_list("plural_nouns.txt") + [w.lower() for w in config.extra_plural_nouns])
         self._pool = None
 
     @property
@@ -94,7 +95,7 @@ class NounExtractor:
             if i in compounds:
                 mentions.append(compounds[i])
             elif token.pos_ in NOUN_POS:
-                lemma = token.lemma_.lower()
+                lemma = self._lemma(token)
                 if _is_word(lemma) and lemma not in self.drop_nouns:
                     mentions.append(Mention(lemma, token.idx, token.idx + len(token.text)))
         return mentions
@@ -108,12 +109,19 @@ class NounExtractor:
         for i, token in enumerate(doc):
             for words in range(min(self.max_compound_words, i + 1), 1, -1):
                 first = i - words + 1
-                phrase = " ".join([t.lower_ for t in doc[first:i]] + [token.lemma_.lower()])
-                if phrase in self.compounds:
+                prefix = [t.lower_ for t in doc[first:i]]
+                # "hot dogs" matches "hot dog" by the lemma, "french fries" matches as written
+                phrase = next((" ".join([*prefix, last]) for last in (self._lemma(token), token.lower_)
+                               if " ".join([*prefix, last]) in self.compounds), None)
+                if phrase:
                     compounds[i] = Mention(phrase, doc[first].idx, token.idx + len(token.text))
                     inside.update(range(first, i))
                     break
         return compounds, inside
+
+    def _lemma(self, token) -> str:
+        """The lower-cased lemma, except for nouns that name one thing in the plural ("glasses")."""
+        return token.lower_ if token.lower_ in self.plural_nouns else token.lemma_.lower()
 
 
 _worker_extractor: NounExtractor | None = None

@@ -137,6 +137,7 @@ class Sample:
     image_range: tuple[int, int] | None = None  # (offset, size) of the image inside image_path (tar members)
     image_bytes: bytes | None = None
     annotations: list[dict] | None = None  # COCO-style instances, where the source has them
+    annotated_size: tuple[int, int] | None = None  # (height, width) the annotations were drawn on
     index: int = -1  # position in the source's deterministic order
     shard: int = -1  # output shard, where an executor needs to carry it along
 

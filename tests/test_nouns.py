@@ -202,3 +202,14 @@ def test_worker_processes_give_the_same_mentions(noun_extractor):
 def test_compounds_found_whatever_the_tagger_calls_them(noun_extractor, text, expected):
     """The tagger often calls 'teddy bear' PROPN or 'hydrant' an adjective; the curated list decides."""
     assert [m.noun for m in noun_extractor.mentions([text])[0]] == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("A man in glasses and jeans eats french fries.", ["man", "glasses", "jeans", "french fries"]),
+        ("Scissors and shorts on a table.", ["scissors", "shorts", "table"]),
+    ],
+)
+def test_nouns_that_name_one_thing_in_the_plural_keep_their_form(noun_extractor, text, expected):
+    assert [m.noun for m in noun_extractor.mentions([text])[0]] == expected

@@ -689,3 +689,18 @@ def test_sam_score_threshold_above_one_gives_nothing(sam_dir, sam_result):
     assert len(proposals) == 0
     assert proposals.generator == "hf-sam"
     assert np.all(lenient.scores < 1.01)
+
+
+def test_annotation_generator_refuses_masks_drawn_on_another_size():
+    """An image decoded at another size than the annotations were drawn on (e.g. an EXIF rotation)
+    is rejected with its own reason, not given masks that do not fit it."""
+    from dataengine.images import ImageRejected
+
+    annotations = [{"segmentation": [[2.0, 2.0, 20.0, 2.0, 20.0, 10.0, 2.0, 10.0]]}]
+    sample = make_sample(np.zeros((30, 40, 3), np.uint8), annotations=annotations)
+    sample.annotated_size = (40, 30)  # the same image, rotated
+    with pytest.raises(ImageRejected) as info:
+        create_generator("annotations", ProposalConfig(), "cpu").generate(sample)
+    assert info.value.reason == "size_mismatch"
+    sample.annotated_size = (30, 40)
+    assert len(create_generator("annotations", ProposalConfig(), "cpu").generate(sample)) == 1

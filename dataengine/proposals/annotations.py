@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..images import ImageRejected
 from ..masks import rle_from_annotation
 from ..records import Proposals, Sample
 from . import ProposalGenerator
+
+SIZE_MISMATCH = "size_mismatch"
 
 
 class AnnotationProposals(ProposalGenerator):
@@ -17,10 +20,11 @@ class AnnotationProposals(ProposalGenerator):
     def generate(self, sample: Sample) -> Proposals:
         if sample.annotations is None:
             raise ValueError("annotation proposals need instance annotations (coco source with --instances)")
-        rles = [rle_from_annotation(a["segmentation"], sample.height, sample.width) for a in sample.annotations]
-        if not rles:
-            return Proposals([], np.zeros(0), self.name)
-        from pycocotools import mask as mask_utils
-
-        masks = np.moveaxis(mask_utils.decode(rles), -1, 0)
-        return Proposals.from_masks(masks, np.ones(len(rles)), self.name)
+        size = (sample.height, sample.width)
+        if sample.annotated_size is not None and tuple(sample.annotated_size) != size:
+            # e.g. an EXIF rotation the annotators did not see: the masks would not fit the image
+            raise ImageRejected(SIZE_MISMATCH, f"decoded image is {size[0]}x{size[1]} (h x w) but the annotations "
+                                               f"were drawn on {sample.annotated_size[0]}x{sample.annotated_size[1]}")
+        rles = [rle_from_annotation(a["segmentation"], *size) for a in sample.annotations]
+        proposals = Proposals(rles, np.ones(len(rles)), self.name)
+        return proposals.filter(proposals.areas > 0)

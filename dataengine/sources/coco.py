@@ -40,8 +40,9 @@ class CocoSource(Source):
         captions = [Caption(str(a["id"]), a.get("caption") or "") for a in self.captions.get(image_id, [])]
         annotations = None if self.instances is None else self.instances.get(image_id, [])
         path = self.images_dir / image["file_name"]
+        size = (image["height"], image["width"]) if "height" in image and "width" in image else None
         return Sample(key=self.key(index), image_id=str(image_id), source=str(path), captions=captions,
-                      image_path=str(path), annotations=annotations)
+                      image_path=str(path), annotations=annotations, annotated_size=size)
 
     def describe(self) -> dict:
         return {"type": self.name, "images": str(self.images_dir), "captions": self.config.captions,

@@ -135,10 +135,9 @@ class CorpusWriter:
     def write_shard(self, shard: int, samples: list[Sample]) -> dict:
         metas = [(sample, pair, pair_metadata(sample, pair, self.models)) for sample in samples for pair in sample.pairs]
         rejects = [row for sample in samples for row in reject_rows(sample, shard)]
-        written = {
-            "tar": self._write_tar(shard, metas) if metas else None,
-            "index": self._write_table(SHARD_INDEX.format(shard), [index_row(m, shard) for _, _, m in metas], "index")
-            if metas else None,
+        written = {  # a shard with no pair still gets its (empty) tar and index: brace patterns have no gaps
+            "tar": self._write_tar(shard, metas),
+            "index": self._write_table(SHARD_INDEX.format(shard), [index_row(m, shard) for _, _, m in metas], "index"),
             "rejects": self._write_table(SHARD_REJECTS.format(shard), rejects, "rejects") if rejects else None,
         }
         stats = {

@@ -605,9 +605,11 @@ def test_maskformer_score_threshold_filters(maskformer_dir):
 
 
 @pytest.mark.parametrize("fixture", ["maskformer_dir", "mask2former_dir"])
-@pytest.mark.parametrize("no_object_bias, confident", [(-30.0, True), (30.0, False)])
-def test_maskformer_objectness_is_one_minus_no_object(fixture, no_object_bias, confident, request, tmp_path):
-    """A class head set by hand: a no-object logit far below (above) the others gives scores near 1 (0)."""
+@pytest.mark.parametrize("favoured_class, confident", [(2, True), (-1, False)])
+def test_maskformer_score_is_best_class_probability_without_no_object(fixture, favoured_class, confident, request,
+                                                                        tmp_path):
+    """A class head set by hand: one real class far above the rest gives scores near 1; the no-object
+    class far above the rest gives scores near 0 (it is excluded from the maximum)."""
     import torch
     from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
@@ -616,7 +618,7 @@ def test_maskformer_objectness_is_one_minus_no_object(fixture, no_object_bias, c
     with torch.no_grad():
         model.class_predictor.weight.zero_()
         model.class_predictor.bias.zero_()
-        model.class_predictor.bias[-1] = no_object_bias
+        model.class_predictor.bias[favoured_class] = 30.0
     model.save_pretrained(tmp_path)
     AutoImageProcessor.from_pretrained(source).save_pretrained(tmp_path)
 

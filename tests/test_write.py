@@ -75,7 +75,12 @@ def test_shard_members_and_atomic_commit(tmp_path):
     source = tiny_folder(tmp_path / "in")
     config = run(source, tmp_path / "out", min_score=1.0)  # nothing scores 1.0: every noun is rejected
     out = Path(config.out)
-    assert not list((out / "shards").glob("*.tar")) and not list((out / "index").glob("*"))
+    import webdataset as wds
+
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [f"pairs-00000{i}.tar" for i in range(3)]
+    shards = str(out / "shards" / "pairs-{000000..000002}.tar")
+    assert list(wds.WebDataset(shards, shardshuffle=False, empty_check=False)) == []
+    assert all(pq.read_table(path).num_rows == 0 for path in (out / "index").glob("*.parquet"))
     rejects = [row for path in sorted((out / "rejects").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
     assert {r["reason"] for r in rejects if r["level"] == "noun"} == {"below_min_score"}
     assert {r["reason"] for r in rejects if r["level"] == "image"} == {"no_pairs"}

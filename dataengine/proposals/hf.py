@@ -1,15 +1,19 @@
 """Learned class-agnostic proposals through Hugging Face transformers.
 
-- MaskFormer / Mask2Former (`AutoModelForUniversalSegmentation`): class logits are ignored except
-  for the no-object class; a query's confidence is 1 - p(no object). Mask logits are brought back
-  to the image's own size, passed through a sigmoid and binarized at `proposals.mask_threshold`.
+- MaskFormer / Mask2Former (`AutoModelForUniversalSegmentation`): the class labels are ignored; a
+  query's confidence is its best class probability with the no-object class excluded (as in
+  MaskFormer's own instance inference). Mask logits are brought back to the image's own size,
+  passed through a sigmoid and binarized at `proposals.mask_threshold`.
 - SAM: the transformers "mask-generation" pipeline (automatic mask generation on a point grid),
-  with its own thresholds (`proposals.hf.pred_iou_thresh`, `proposals.hf.stability_score_thresh`).
+  with `proposals.mask_threshold` (as the logit of that probability) and SAM's own quality
+  thresholds (`proposals.hf.pred_iou_thresh`, `proposals.hf.stability_score_thresh`).
 
 MODEL is a hub id (downloaded where a network exists) or a local folder from `save_pretrained`.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -41,6 +45,11 @@ def _model_type(model: str, revision: str | None) -> str:
             f"--proposals: cannot load hf:{model} ({type(error).__name__}); give a local folder "
             "written by save_pretrained, or a hub id on a machine with network access"
         ) from error
+
+
+def _logit(probability: float) -> float:
+    probability = min(max(probability, 1e-6), 1 - 1e-6)
+    return math.log(probability / (1 - probability))
 
 
 class HFProposals(ProposalGenerator):
@@ -75,7 +84,7 @@ class MaskFormerProposals(HFProposals):
         inputs = self.processor(images=[s.image for s in samples], return_tensors="pt").to(self.device)
         with torch.inference_mode():
             outputs = self.model(**inputs)
-        objectness = 1.0 - outputs.class_queries_logits.float().softmax(-1)[..., -1]
+        objectness = outputs.class_queries_logits.float().softmax(-1)[..., :-1].amax(-1)
         return [
             self._image_proposals(outputs.masks_queries_logits[i], objectness[i], inputs["pixel_mask"][i], sample)
             for i, sample in enumerate(samples)
@@ -121,6 +130,7 @@ class SamProposals(HFProposals):
             points_per_batch=cfg.points_per_batch,
             pred_iou_thresh=cfg.pred_iou_thresh,
             stability_score_thresh=cfg.stability_score_thresh,
+            mask_threshold=_logit(self.config.mask_threshold),
         )
         masks = np.stack([np.asarray(mask, dtype=bool) for mask in result["masks"]]) if len(result["masks"]) else \
             np.zeros((0, *sample.image.shape[:2]), dtype=bool)

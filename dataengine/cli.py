@@ -45,12 +45,13 @@ MINE_FLAGS = (
     Flag("--instances", "source.instances", "coco: instances_*.json (needed by --proposals annotations)", metavar="FILE"),
     Flag("--urls", "source.urls", "webdataset: tar path, glob or brace pattern (img2dataset output)", metavar="PATTERN"),
     Flag("--dataset", "source.dataset", "hf: a save_to_disk folder, or parquet file(s)", metavar="PATH"),
-    Flag("--split", "source.split", "hf: split of a DatasetDict (default: train)"),
+    Flag("--split", "source.split", "hf: split of a DatasetDict (default: train)", metavar="NAME"),
     Flag("--image-column", "source.image_column", "folder/hf: image column (default: auto-detected)", metavar="NAME"),
     Flag("--caption-column", "source.caption_column", "folder/hf: caption column (default: auto-detected)", metavar="NAME"),
     Flag("--id-column", "source.id_column", "folder/hf: column with a stable sample id (default: path or row)", metavar="NAME"),
     Flag("--proposals", "proposals.generator", "mask proposals: annotations | classical | hf:MODEL_ID_OR_PATH (default: classical)", metavar="GEN"),
-    Flag("--mask-threshold", "proposals.mask_threshold", "binarization threshold of soft masks, 0..1 (default: 0.4)", float, "T"),
+    Flag("--mask-threshold", "proposals.mask_threshold",
+         "probability at which learned soft masks are binarized (hf generators), 0..1 (default: 0.4)", float, "T"),
     Flag("--max-proposals", "proposals.max_proposals", "proposals kept per image after NMS (default: 100)", int, "N"),
     Flag("--clip", "match.clip", "open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT] (default: ViT-B-16@openai; a bare NAME such as "
          "dataengine-tiny is a seeded random init, for tests and demos)", metavar="SPEC"),
@@ -63,7 +64,7 @@ MINE_FLAGS = (
     Flag("--max-captions", "nouns.max_captions_per_image", "use only the first N captions of each image", int, "N"),
     Flag("--out", "out", "output folder (required)", metavar="DIR"),
     Flag("--limit", "limit", "mine only the first N input images", int, "N"),
-    Flag("--device", "device", "auto | cpu | cuda | cuda:N (default: auto)"),
+    Flag("--device", "device", "auto | cpu | cuda | cuda:N (default: auto)", metavar="DEVICE"),
     Flag("--images-per-batch", "images_per_batch", "images that go through the stages together (default: 8)", int, "N"),
     Flag("--executor", "executor", "ray (default: embedded local Ray, or a cluster with --ray-address) | local (one process)",
          choices=("ray", "local")),
@@ -151,6 +152,13 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description="Mine (masked region, noun) pairs from image-caption data for mask-adapted CLIP.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -166,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="summarize a mined corpus",
                                   description="Print counts, reject reasons, top nouns and sample pairs of a mined corpus.")
     inspect.add_argument("out", metavar="OUT", help="a folder written by dataengine mine")
-    inspect.add_argument("--top", type=int, default=20, metavar="N", help="how many top nouns (default: 20)")
-    inspect.add_argument("--samples", type=int, default=5, metavar="N", help="how many sample pairs (default: 5)")
+    inspect.add_argument("--top", type=_count, default=20, metavar="N", help="how many top nouns (default: 20)")
+    inspect.add_argument("--samples", type=_count, default=5, metavar="N", help="how many sample pairs (default: 5)")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(run=run_inspect)
 

@@ -35,8 +35,10 @@ def finalize(proposals: Proposals, image_area: int, *, min_area: float, max_area
         return proposals
     fraction = proposals.areas / float(image_area)
     in_range = np.flatnonzero((fraction >= min_area) & (fraction <= max_area))
-    ious = iou_matrix(proposals.rles) if ious is None else ious
-    ious = ious[np.ix_(in_range, in_range)]
+    if ious is None:
+        ious = iou_matrix([proposals.rles[i] for i in in_range])
+    else:
+        ious = ious[np.ix_(in_range, in_range)]
     order = np.argsort(-proposals.scores[in_range], kind="stable")
     keep = greedy_nms(order, ious, nms_iou)[:max_proposals]
     return proposals.filter(in_range[keep])

@@ -103,12 +103,6 @@ class Proposals:
         rles = mask_utils.encode(np.asfortranarray(np.moveaxis(masks, 0, -1).astype(np.uint8)))
         return cls(list(rles), scores, generator)
 
-    @classmethod
-    def cat(cls, parts: list[Proposals], generator: str) -> Proposals:
-        rles = [rle for part in parts for rle in part.rles]
-        scores = np.concatenate([part.scores for part in parts]) if parts else np.zeros(0)
-        return cls(rles, scores, generator)
-
 
 @dataclass
 class Pair:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=512)  # 224 x length floats each: a few hundred MB at most
 def _resize_weights(length: int, size: int, device: str) -> torch.Tensor:
     """(size, length) matrix W with resize(x) = W @ x for 1-D signals (antialiased bicubic)."""
     identity = torch.eye(length, dtype=torch.float64)[None, None]

@@ -147,6 +147,7 @@ class CorpusWriter:
             "pairs": len(metas),
             "rejected_images": sum(1 for s in samples if s.reject is not None),
             "rejected_nouns": sum(len(s.noun_rejects) for s in samples),
+            "nouns_matched": sum(len(s.nouns) for s in samples if s.pairs or s.noun_rejects),
             "reject_reasons": dict(sorted(Counter(row["reason"] for row in rejects).items())),
             "nouns": dict(Counter(pair.noun.noun for _, pair, _ in metas).most_common()),
             **written,

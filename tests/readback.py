@@ -71,6 +71,9 @@ def check_corpus(out: Path, expected_image_keys: set[str]) -> dict:
     for image_key, numbers in noun_indices.items():
         assert sorted(numbers) == list(range(len(numbers))), f"nouns of {image_key} not all accounted for"
 
+    stats = [json.loads(path.read_text()) for path in sorted((out / "stats").glob("*.json"))]
+    noun_rejects = [row for row in rejects if row["level"] == "noun"]
+    assert sum(s["nouns_matched"] for s in stats) == len(index) + len(noun_rejects), "a matched noun went missing"
     assert manifest["counts"]["pairs"] == len(index)
     assert manifest["counts"]["images"] == len(expected_image_keys)
     return {"manifest": manifest, "index": index, "rejects": rejects, "samples": samples}

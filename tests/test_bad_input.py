@@ -11,7 +11,6 @@ from readback import check_corpus
 
 from dataengine.config import MineConfig, SourceConfig
 from dataengine.pipeline import mine
-from dataengine.sources import create_source
 
 
 def photo_like(path: Path, seed: int) -> Path:
@@ -59,7 +58,8 @@ def test_every_bad_input_is_a_reject_row_and_the_run_goes_on(tmp_path):
     config.match.clip = "dataengine-tiny"
     config.write.samples_per_shard = 4
     manifest = mine(config)
-    corpus = check_corpus(Path(config.out), {s.key for s in create_source(config.source)})
+    table_rows = [json.loads(line)["image"] for line in table.read_text().splitlines()]
+    corpus = check_corpus(Path(config.out), {Path(name).stem for name in table_rows})
     reasons = {row["key"]: row["reason"] for row in corpus["rejects"] if row["level"] == "image"}
     assert reasons == {
         "corrupt": "decode_error",
@@ -99,7 +99,7 @@ def test_stage_errors_and_all_empty_proposals_become_reject_rows(tmp_path, coco_
     config.match.clip = "dataengine-tiny"
     config.proposals.generator = "annotations"
     mine(config)
-    corpus = check_corpus(Path(config.out), {s.key for s in create_source(config.source)})
+    corpus = check_corpus(Path(config.out), {f"{image_id:012d}" for image_id in keep})
     errors = [row for row in corpus["rejects"] if row["reason"] == "stage_error"]
     assert [row["key"] for row in errors] == [f"{keep[1]:012d}"]
     assert errors[0]["stage"] == "proposals" and errors[0]["detail"].startswith("ValueError")

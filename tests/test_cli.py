@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,6 @@ import pytest
 from readback import check_corpus
 
 from dataengine.cli import MINE_FLAGS, build_parser, main
-from dataengine.sources import create_source
 
 
 def run_cli(argv, capsys):
@@ -56,6 +56,9 @@ def test_top_level_help_lists_commands(capsys):
         (["mine", "--set", "proposals.mask_threshold=3", "--out", "o"], "proposals.mask_threshold: must be a number"),
         (["mine", "--proposals", "magic", "--images", ".", "--captions", "x", "--out", "o"], "unknown generator"),
         (["inspect", "/nonexistent/corpus"], "is not a mined corpus"),
+        (["mine", "--set", "nouns.extra_drop_nouns=car", "--out", "o"], "nouns.extra_drop_nouns: expected a list of str"),
+        (["mine", "--max-captions", "0", "--out", "o"], "nouns.max_captions_per_image: must be a positive integer"),
+        (["mine", "--set", "proposals.classical.slic_segments=[0]", "--out", "o"], "slic_segments[0]"),
         ([], "the following arguments are required: COMMAND"),
     ],
 )
@@ -103,7 +106,8 @@ def test_mine_then_inspect(capsys, tmp_path, coco_mini):
     assert config["match"]["one_to_one"] is True and config["match"]["batch_size"] == 7
     assert config["write"]["jpeg_quality"] == 90 and config["write"]["samples_per_shard"] == 4
     assert manifest["versions"]["torch"] and manifest["models"]["proposals"] == "annotations"
-    keys = {s.key for s in list(create_source(create_source_config(coco_mini)))[:6]}
+    images = sorted(json.loads((coco_mini / "captions.json").read_text())["images"], key=lambda image: image["id"])
+    keys = {f"{image['id']:012d}" for image in images[:6]}
     check_corpus(out, keys)
 
     assert run_cli(argv, capsys)[0] == 0  # the same job again: every shard is done, nothing is redone
@@ -122,12 +126,6 @@ def test_mine_then_inspect(capsys, tmp_path, coco_mini):
     code, stdout, _ = run_cli(["inspect", str(out), "--json", "--top", "3"], capsys)
     summary = json.loads(stdout)
     assert summary["pairs"] == manifest["counts"]["pairs"] and len(summary["top_nouns"]) <= 3
-
-
-def create_source_config(coco_mini):
-    from dataengine.config import SourceConfig
-
-    return SourceConfig(type="coco", images=str(coco_mini / "images"), captions=str(coco_mini / "captions.json"))
 
 
 def test_yaml_config_with_flag_overrides(capsys, tmp_path, coco_mini):
@@ -156,3 +154,39 @@ def test_demo_runs_offline(capsys, tmp_path):
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert manifest["counts"]["images"] == 18 and manifest["counts"]["pairs"] > 0
     assert "top nouns" in stdout
+
+
+def folder_job(root):
+    images = root / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 20, 20)).save(images / "a.png")
+    (root / "captions.jsonl").write_text('{"image": "a.png", "caption": "A red box."}\n')
+    return ["mine", "--source", "folder", "--images", str(images), "--captions", str(root / "captions.jsonl"),
+            "--clip", "dataengine-tiny", "--executor", "local", "--no-progress"]
+
+
+def test_out_must_be_a_folder_of_ours(capsys, tmp_path):
+    job = folder_job(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = run_cli(job + ["--out", str(tmp_path / "a-file")], capsys)
+    assert code == 2 and "is a file" in err and len(err.strip().splitlines()) == 1
+    theirs = tmp_path / "their-folder"
+    (theirs / "index").mkdir(parents=True)
+    (theirs / "index" / "precious.txt").write_text("keep me")
+    code, _, err = run_cli(job + ["--out", str(theirs)], capsys)
+    assert code == 2 and "not written by dataengine" in err
+    assert (theirs / "index" / "precious.txt").read_text() == "keep me"
+    assert run_cli(job + ["--out", str(tmp_path / "ours")], capsys)[0] == 0
+    assert run_cli(job + ["--out", str(tmp_path / "ours")], capsys)[0] == 0  # resumes its own folder
+
+
+def test_a_second_run_into_a_locked_folder_refuses(capsys, tmp_path):
+    from dataengine.output import OutputFolder
+
+    job = folder_job(tmp_path) + ["--out", str(tmp_path / "out")]
+    with OutputFolder(tmp_path / "out").locked():  # another run holds the folder
+        code, _, err = run_cli(job, capsys)
+    assert code == 2 and "is being written by another dataengine run" in err and f"pid {os.getpid()}" in err
+    assert run_cli(job, capsys)[0] == 0

@@ -125,14 +125,9 @@ def test_filter_by_bool_and_by_index():
     assert len(proposals) == 4  # the original is untouched
 
 
-def test_cat_concatenates_in_order():
-    a = Proposals.from_masks(np.stack([box_mask(6, 6, 0, 0, 2, 2)]), [0.9], "a")
-    b = Proposals.from_masks(np.stack([box_mask(6, 6, 1, 1, 4, 4), box_mask(6, 6, 5, 5, 6, 6)]), [0.5, 0.7], "b")
-    both = Proposals.cat([a, b], "ab")
-    assert len(both) == 3 and both.generator == "ab"
-    np.testing.assert_array_equal(both.scores, [0.9, 0.5, 0.7])
-    np.testing.assert_array_equal(both.areas, [4, 9, 1])
-    assert len(Proposals.cat([], "none")) == 0
+def test_filter_with_an_empty_index_list():
+    proposals = Proposals.from_masks(np.stack([box_mask(6, 6, 0, 0, 2, 2)]), [0.9], "a")
+    assert len(proposals.filter([])) == 0 and proposals.filter([]).decode().shape[0] == 0
 
 
 # ---------------------------------------------------------------------------------------------

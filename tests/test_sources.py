@@ -583,3 +583,13 @@ def test_four_formats_give_the_same_samples(tmp_path):
             decoded = decode(sample)
             assert decoded.shape == expected.shape, config.type
             np.testing.assert_array_equal(decoded, expected)
+
+
+def test_duplicate_ids_are_rejected_with_keys_of_their_own(tmp_path):
+    make_images(tmp_path / "images")
+    rows = [{"image": "image0.jpg", "caption": "red", "id": "same"}, {"image": "image1.jpg", "caption": "green", "id": "same"}]
+    config = folder_config(tmp_path, write_jsonl(tmp_path / "c.jsonl", rows))
+    config.id_column = "id"
+    first, second = list(create_source(config))
+    assert first.alive and first.key == "same"
+    assert second.reject.reason == "duplicate_key" and second.key == "same-duplicate-1"

@@ -26,9 +26,9 @@ class ClassicalProposals(ProposalGenerator):
         small = _resize_longest(sample.image, cfg.classical.work_size)
         levels = self.segmentation_levels(small)
         masks, level_of = _segments(levels, cfg.min_area, cfg.max_area)
-        candidates = Proposals.from_masks(masks, np.zeros(len(masks)), self.name)
-        ious = iou_matrix(candidates.rles)
-        candidates.scores = _agreement(ious >= cfg.nms_iou, level_of, len(levels))
+        segments = Proposals.from_masks(masks, np.zeros(len(masks)), self.name)  # segments are never empty
+        ious = iou_matrix(segments.rles)
+        candidates = Proposals(segments.rles, _agreement(ious >= cfg.nms_iou, level_of, len(levels)), self.name)
         kept = finalize(candidates, small.shape[0] * small.shape[1], min_area=cfg.min_area, max_area=cfg.max_area,
                         nms_iou=cfg.nms_iou, max_proposals=cfg.max_proposals, ious=ious)
         full = _upsample(kept.decode(), sample.image.shape[:2]) if len(kept) else masks[:0]

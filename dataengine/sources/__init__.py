@@ -51,6 +51,7 @@ class Source:
             first = self.first_use_of_key[sample.key]
             if first != index:
                 sample.drop(DUPLICATE_KEY, f"key {sample.key} already used by input {first}", "source")
+                sample.key = f"{sample.key}-duplicate-{index}"  # its reject row needs a key of its own
             samples.append(sample)
         return samples
 

@@ -59,7 +59,7 @@ def test_every_packaged_pipeline_loads(path):
 def test_pipeline_values_reach_the_dataclasses():
     annotations = load_yaml_config(PIPELINES[0].parent / "coco_annotations.yaml")
     assert annotations.proposals.generator == "annotations"
-    assert annotations.source.instances.endswith("instances.json")
+    assert annotations.source.instances.endswith("instances_val2017.json")
     webdataset = load_yaml_config("webdataset_captions")
     assert webdataset.source.type == "webdataset"
     assert webdataset.source.urls == "data/cc3m/{00000..00331}.tar"

@@ -89,6 +89,10 @@ class MatchConfig:
     max_pairs_per_image: int | None = None  # keep the highest-scoring pairs only
     batch_size: int | None = None  # regions per CLIP forward; None: 64 on GPU, 8 on CPU (larger CPU batches are slower)
     seed: int = 0  # seed of randomly initialised models (no pretrained weights)
+    # CLIP threads per process on a CPU. 1 keeps scores bit-identical whatever the executor or number
+    # of workers (Ray parallelizes across processes); more threads speed up one process but change the
+    # last digits of scores, since the order of floating-point sums follows the thread count.
+    cpu_threads: int = 1
 
 
 @dataclass
@@ -141,6 +145,7 @@ class MineConfig:
             _check_positive("match.max_pairs_per_image", self.match.max_pairs_per_image)
         if self.match.batch_size is not None:
             _check_positive("match.batch_size", self.match.batch_size)
+        _check_positive("match.cpu_threads", self.match.cpu_threads)
         _check_positive("nouns.batch_size", self.nouns.batch_size)
         if self.nouns.max_captions_per_image is not None:
             _check_positive("nouns.max_captions_per_image", self.nouns.max_captions_per_image)

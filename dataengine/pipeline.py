@@ -82,10 +82,10 @@ def mine(config: MineConfig, overwrite: bool = False) -> dict:
     models = job_models(config, generator)
     shards = plan_shards(min(len(source), config.limit or len(source)), config.write.samples_per_shard)
     executor = create_executor(config, device)
-    executor.setup()  # models load (or the cluster is joined) before the output folder is touched
     output = OutputFolder(config.out)
     try:
         with output.locked():
+            executor.setup()  # models load (or Ray starts) before anything in the folder changes
             job = fingerprint(config, vars(models), package_versions()["dataengine"] or "unknown")
             output.prepare(job, overwrite)
             done = output.done_shards()

@@ -101,10 +101,14 @@ class MatchStage(Stage):
         self.matcher = None
 
     def setup(self) -> None:
+        import torch
+
         from .clip import load_clip
         from .match import RegionMatcher
 
         if self.matcher is None:
+            if not self.device.startswith("cuda"):
+                torch.set_num_threads(self.config.cpu_threads)  # see MatchConfig.cpu_threads
             self.matcher = RegionMatcher(load_clip(self.config.clip, self.device, self.config.seed), self.config)
 
     def process_batch(self, samples: list[Sample]) -> None:

@@ -75,12 +75,18 @@ class ClipModel:
             return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         return contextlib.nullcontext()
 
-    def encode_images(self, pixels):
+    def encode_images(self, pixels, pad_to: int | None = None):
+        """Normalized image features. With `pad_to`, the batch is padded to that many rows: math
+        libraries choose kernels by shape, so only a fixed shape makes each region's features
+        independent of how many others share its batch (and the output of executors identical)."""
         import torch
 
+        count = len(pixels)
+        if pad_to and count < pad_to:
+            pixels = torch.cat([pixels, pixels.new_zeros((pad_to - count, *pixels.shape[1:]))])
         with torch.inference_mode(), self.autocast():
             features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        return torch.nn.functional.normalize(features[:count].float(), dim=-1)
 
     def encode_texts(self, texts: list[str]):
         import torch
@@ -163,9 +169,10 @@ def load_clip(spec: str, device: str = "cpu", seed: int = 0) -> ClipModel:
 
 class NounEmbeddings:
     """Prompt-ensembled text embeddings (14 templates, normalized, averaged, renormalized), each
-    distinct noun encoded once per run."""
+    distinct noun encoded once per run, always in chunks of `batch_size` nouns (padded with
+    repeats) so that an embedding does not depend on which other nouns were new at the time."""
 
-    def __init__(self, clip: ClipModel, batch_size: int = 64):
+    def __init__(self, clip: ClipModel, batch_size: int = 16):
         self.clip = clip
         self.batch_size = batch_size
         self.cache: dict[str, object] = {}
@@ -176,8 +183,9 @@ class NounEmbeddings:
         missing = list(dict.fromkeys(noun for noun in nouns if noun not in self.cache))
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
-            prompts = [template.format(noun) for noun in chunk for template in TEMPLATES]
-            features = self.clip.encode_texts(prompts).reshape(len(chunk), len(TEMPLATES), -1).mean(1)
+            padded = chunk + chunk[:1] * (self.batch_size - len(chunk))
+            prompts = [template.format(noun) for noun in padded for template in TEMPLATES]
+            features = self.clip.encode_texts(prompts).reshape(len(padded), len(TEMPLATES), -1).mean(1)[: len(chunk)]
             for noun, feature in zip(chunk, torch.nn.functional.normalize(features, dim=-1).cpu(), strict=True):
                 self.cache[noun] = feature
         if not nouns:

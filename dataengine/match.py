@@ -146,7 +146,7 @@ class RegionMatcher:
                     pending, pending_count = self._forward_full_batches(pending, features)
         if pending_count:
             with self.timer.phase("forward"):
-                features.append(self.clip.encode_images(torch.cat(pending)))
+                features.append(self.clip.encode_images(torch.cat(pending), pad_to=self.batch_size))
         chunks = torch.cat(features) if features else torch.zeros(0, 1)
         return _split_by_owner(chunks, owners, [len(s.proposals) for s in samples])
 
@@ -154,7 +154,7 @@ class RegionMatcher:
         batch = torch.cat(pending)
         size = self.batch_size
         with self.timer.phase("forward"):
-            features.append(self.clip.encode_images(batch[:size]))
+            features.append(self.clip.encode_images(batch[:size], pad_to=size))
         rest = batch[size:]
         return ([rest] if len(rest) else []), len(rest)
 

@@ -154,7 +154,8 @@ def test_text_embeddings_are_cached_once_per_noun(tiny_clip):
         matcher.noun_embeddings(["cat", "bird"])
     finally:
         tiny_clip.encode_texts = encode
-    assert calls == [2 * 14, 1 * 14]  # 14 templates per distinct noun, each noun encoded once
+    # each new noun encoded once, 14 templates each, in chunks padded to a fixed 16 nouns
+    assert calls == [16 * 14, 16 * 14] and set(matcher.noun_embeddings.cache) == {"dog", "cat", "bird"}
     embeddings = matcher.noun_embeddings(["dog", "bird"])
     assert torch.allclose(embeddings.norm(dim=-1), torch.ones(2), atol=1e-5)
 
@@ -165,3 +166,15 @@ def test_size_chunks_cover_every_region_once(max_regions):
     chunks = _size_chunks(boxes, max_regions)
     assert sorted(torch.cat(chunks).tolist()) == list(range(len(boxes)))
     assert all(len(chunk) <= max_regions for chunk in chunks)
+
+
+def test_features_are_bit_identical_whatever_shares_the_forward(tiny_clip):
+    """Forwards always have the same shape (padded), so with one CPU thread a region's features are
+    the same bits whether its image is matched alone or after another one (whose leftover regions
+    then share its forwards)."""
+    torch.set_num_threads(1)
+    sample = sample_with(synthetic_image(seed=4, smooth=False), random_masks(150, 230, 11, seed=4), "a")
+    other = sample_with(synthetic_image(seed=5, smooth=False), random_masks(150, 230, 5, seed=5), "b")
+    alone = RegionMatcher(tiny_clip, MatchConfig(batch_size=8)).region_features([sample])[0]
+    after = RegionMatcher(tiny_clip, MatchConfig(batch_size=8)).region_features([other, sample])[1]
+    assert torch.equal(alone, after)

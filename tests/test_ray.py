@@ -128,8 +128,9 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_output(coco_mini, reference, 
 def test_losing_a_cluster_node_mid_run_still_gives_the_uninterrupted_output(coco_mini, reference, tmp_path):
     from ray.cluster_utils import Cluster
 
+    os.makedirs(os.path.join(tempfile.gettempdir(), "ray"), exist_ok=True)  # Cluster notes its address there
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "_temp_dir": tempfile.mkdtemp(prefix="de-cl-")})
+        "num_cpus": 1, "include_dashboard": False, "temp_dir": tempfile.mkdtemp(prefix="de-cl-")})
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     out = tmp_path / "out"

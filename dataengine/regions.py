@@ -2,15 +2,19 @@
 outside-mask pixels set to the CLIP pixel mean, bicubic resize to SxS without keeping the aspect
 ratio, mask resized nearest-neighbour.
 
-`prepare_regions` does it for many regions of one image as batched tensor operations: crops are
-gathered with index tensors, and the (antialiased, PIL-style) bicubic resize is two batched matrix
-products with per-size weight matrices, out = Wy @ crop @ Wx^T. The weights are torch's own
-antialiased bicubic kernel, read off by resizing an identity matrix, so they match
-`F.interpolate(..., mode="bicubic", antialias=True)` and PIL's BICUBIC (both a = -0.5).
+`prepare_regions` does it for many regions of one image with tensor operations, in one of two
+ways that give the same pixels (both are torch's antialiased bicubic, a = -0.5 like PIL's):
+
+- On a GPU, fully batched: crops are gathered with index tensors and resized by two batched
+  matrix products with per-size weight matrices, out = Wy @ crop @ Wx^T (the weights are read off
+  by resizing an identity matrix with `F.interpolate`). Dense products do ~0.5 GFLOP for a
+  full-image region, nothing for a GPU, all in a few kernel launches per chunk.
+- On a CPU, region by region through torch's 8-bit antialiased resize (SIMD, separable, only the
+  few taps each output pixel needs): measured 15x faster than the dense products on one core
+  (1.4 vs 22 ms per region, 100 regions of a 640x480 image), which matters where small CLIP models
+  make preparation the larger half of matching.
 
 `prepare_region_pil` is the plain one-region reference (PIL), used by tests and the benchmark.
-The dense matrix products cost about 0.5 GFLOP for a full-image region, 2-3 percent of a ViT-B/16
-forward on a CPU (bench/bench_matcher.py) and negligible on a GPU.
 """
 
 from __future__ import annotations
@@ -51,8 +55,30 @@ def prepare_regions(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tenso
     image: (3, H, W) uint8; masks: (R, H, W) bool; boxes: (R, 4) int64 tight boxes (x, y, w, h).
     Returns crops (R, 3, size, size) uint8 and crop masks (R, size, size) bool.
     """
+    # The fill is rounded to 8 bits like every stored pixel (and like PIL): (123, 117, 104) for CLIP's mean.
+    fill_value = torch.tensor([round(v) for v in fill], device=image.device, dtype=torch.uint8)
+    boxes = boxes.to(image.device).long()
+    resize = resize_each if image.device.type == "cpu" else resize_batched
+    crops = resize(image, masks, boxes, size, fill_value)
+    x0, y0, widths, heights = boxes.unbind(1)
+    region = torch.arange(len(boxes), device=image.device)[:, None, None]
+    out_rows, out_cols = _nearest_indices(y0, heights, size), _nearest_indices(x0, widths, size)
+    return crops, masks[region, out_rows[:, :, None], out_cols[:, None, :]]
+
+
+def resize_each(image, masks, boxes, size: int, fill_value) -> torch.Tensor:
+    """CPU: each region cropped, masked and resized by torch's 8-bit antialiased bicubic kernel."""
+    crops = torch.empty((len(boxes), 3, size, size), dtype=torch.uint8)
+    for region, (x, y, w, h) in enumerate(boxes.tolist()):
+        masked = torch.where(masks[region, y : y + h, x : x + w], image[:, y : y + h, x : x + w], fill_value[:, None, None])
+        crops[region] = F.interpolate(masked[None], size=(size, size), mode="bicubic", antialias=True)[0]
+    return crops
+
+
+def resize_batched(image, masks, boxes, size: int, fill_value) -> torch.Tensor:
+    """GPU: all regions at once, crops gathered by index and resized by batched matrix products."""
     device = image.device
-    x0, y0, widths, heights = boxes.to(device).long().unbind(1)
+    x0, y0, widths, heights = boxes.unbind(1)
     pad_h, pad_w = int(heights.max()), int(widths.max())
     height, width = image.shape[1:]
     rows = (y0[:, None] + torch.arange(pad_h, device=device)[None]).clamp_(max=height - 1)  # (R, pad_h)
@@ -60,16 +86,11 @@ def prepare_regions(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tenso
     region = torch.arange(len(boxes), device=device)[:, None, None]
     crop_masks = masks[region, rows[:, :, None], cols[:, None, :]]  # (R, pad_h, pad_w)
     crops = image[:, rows[:, :, None], cols[:, None, :]].transpose(0, 1)  # (R, 3, pad_h, pad_w) uint8
-    # The fill is rounded to 8 bits like every stored pixel (and like PIL): (123, 117, 104) for CLIP's mean.
-    fill_value = torch.tensor([round(v) for v in fill], device=device, dtype=torch.uint8)[None, :, None, None]
-    masked = torch.where(crop_masks[:, None], crops, fill_value).float()
+    masked = torch.where(crop_masks[:, None], crops, fill_value[None, :, None, None]).float()
     weights_y = _stacked_weights(heights, size, pad_h, device)  # (R, size, pad_h)
     weights_x = _stacked_weights(widths, size, pad_w, device)  # (R, size, pad_w)
     resized = weights_y[:, None] @ masked @ weights_x[:, None].transpose(-1, -2)
-    out_rows = _nearest_indices(y0, heights, size)
-    out_cols = _nearest_indices(x0, widths, size)
-    resized_masks = masks[region, out_rows[:, :, None], out_cols[:, None, :]]
-    return resized.round_().clamp_(0, 255).to(torch.uint8), resized_masks
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def normalize(crops: torch.Tensor, mean, std) -> torch.Tensor:

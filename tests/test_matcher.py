@@ -7,7 +7,6 @@ import glob
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from dataengine.config import MatchConfig, ProposalConfig
@@ -16,7 +15,7 @@ from dataengine.match import RegionMatcher, _size_chunks, select_pairs
 from dataengine.proposals import create_generator
 from dataengine.records import NounMention, Proposals, Sample
 from dataengine.reference import reference_similarity
-from dataengine.regions import prepare_region_pil, prepare_regions
+from dataengine.regions import prepare_region_pil, prepare_regions, resize_batched, resize_each
 
 TOLERANCE = 5e-3
 NOUNS = ["man", "dog", "table", "car", "tree", "pizza", "sky"]
@@ -58,35 +57,37 @@ def sample_with(image: np.ndarray, masks: np.ndarray, key="img") -> Sample:
     return sample
 
 
-def test_batched_crops_match_pil_crops_pixel_for_pixel():
+@pytest.mark.parametrize("resize", [resize_each, resize_batched], ids=["cpu-each", "gpu-batched"])
+def test_region_crops_match_pil_crops(resize):
     image = synthetic_image()
     masks = random_masks(*image.shape[:2], 12)
     proposals = Proposals.from_masks(masks, np.ones(len(masks)), "test")
     fill = (122.8, 116.7, 104.1)
-    crops, crop_masks = prepare_regions(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(proposals.decode()),
-                                        torch.from_numpy(proposals.boxes_xywh), 224, fill)
+    fill_8bit = torch.tensor([123, 117, 104], dtype=torch.uint8)
+    crops = resize(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(proposals.decode()),
+                   torch.from_numpy(proposals.boxes_xywh), 224, fill_8bit)
     picture = Image.fromarray(image)
     for i, (mask, box) in enumerate(zip(proposals.decode(), proposals.boxes_xywh, strict=True)):
-        reference, reference_mask = prepare_region_pil(picture, mask, box, 224, fill)
+        reference, _ = prepare_region_pil(picture, mask, box, 224, fill)
         difference = np.abs(crops[i].permute(1, 2, 0).numpy().astype(int) - reference.astype(int))
         assert difference.mean() < 0.5, f"region {i}: mean difference {difference.mean():.3f} levels"
         assert (difference > 1).mean() < 0.005, f"region {i}: {(difference > 1).sum()} pixels differ by more than 1 level"
-        assert (crop_masks[i].numpy() != reference_mask).mean() < 0.02  # nearest: same up to rounding of centres
 
 
-def test_batched_resize_equals_torch_antialiased_bicubic():
+def test_both_resize_paths_agree_and_masks_follow_pil_nearest():
     image = synthetic_image()
-    masks = random_masks(*image.shape[:2], 6, seed=3)
+    masks = random_masks(*image.shape[:2], 9, seed=3)
     proposals = Proposals.from_masks(masks, np.ones(len(masks)), "test")
-    fill = (122.8, 116.7, 104.1)
-    crops, _ = prepare_regions(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(proposals.decode()),
-                               torch.from_numpy(proposals.boxes_xywh), 224, fill)
-    fill_8bit = torch.tensor([123.0, 117.0, 104.0])[:, None, None]
-    for i, (mask, (x, y, w, h)) in enumerate(zip(proposals.decode(), proposals.boxes_xywh, strict=True)):
-        crop = torch.from_numpy(image[y : y + h, x : x + w]).permute(2, 0, 1).float()
-        masked = torch.where(torch.from_numpy(mask[y : y + h, x : x + w]), crop, fill_8bit)
-        expected = F.interpolate(masked[None], size=(224, 224), mode="bicubic", antialias=True)[0]
-        assert (crops[i].float() - expected.round().clamp(0, 255)).abs().max() <= 1
+    tensors = (torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(proposals.decode()),
+               torch.from_numpy(proposals.boxes_xywh))
+    fill_8bit = torch.tensor([123, 117, 104], dtype=torch.uint8)
+    each, batched = resize_each(*tensors, 224, fill_8bit), resize_batched(*tensors, 224, fill_8bit)
+    assert (each.int() - batched.int()).abs().float().mean() < 0.5
+    _, crop_masks = prepare_regions(*tensors, 224, (122.8, 116.7, 104.1))
+    picture = Image.fromarray(image)
+    for i, (mask, box) in enumerate(zip(proposals.decode(), proposals.boxes_xywh, strict=True)):
+        _, reference_mask = prepare_region_pil(picture, mask, box, 224, (122.8, 116.7, 104.1))
+        assert (crop_masks[i].numpy() != reference_mask).mean() < 0.02  # nearest: same up to rounding of centres
 
 
 def assert_matches_reference(matcher, clip, sample):

@@ -4,9 +4,10 @@
    `dataengine mine --workers N` with its whole process tree pinned to N cores, so that "1 worker"
    really is one core of compute. Throughput is the manifest's images/s (Ray start-up excluded).
 2. Peak memory, summed over every process of the run (driver, Ray's own processes, workers) and
-   sampled every 0.2 s, for N vs 4N input images: a streaming run must not grow with the dataset.
+   sampled every 0.2 s, for N vs 4N input images (2 workers): a streaming run must not grow with
+   the dataset.
 
-    python bench/bench_ray.py [--images 32] [--clip dataengine-tiny]
+    python bench/bench_ray.py [--images 64] [--memory-images 30] [--clip dataengine-tiny]
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def mine(coco: Path, table: Path, out: Path, workers: int, clip: str) -> tuple[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=30,
-                        help="N: images of the throughput runs and the smaller memory run (4N <= 127 by default)")
+    parser.add_argument("--images", type=int, default=64, help="images of the throughput runs (default: 64)")
+    parser.add_argument("--memory-images", type=int, default=30, help="N of the N vs 4N memory runs (default: 30)")
     parser.add_argument("--clip", default="dataengine-tiny", help="open_clip spec (default: the tiny seeded model)")
     args = parser.parse_args()
     offline_environment()
@@ -101,18 +102,20 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs at least 2 cores")
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
-    small, large = write_input(coco, work, args.images), write_input(coco, work, 4 * args.images)
+    throughput_input = write_input(coco, work, args.images)
+    small, large = write_input(coco, work, args.memory_images), write_input(coco, work, 4 * args.memory_images)
 
-    one, _ = mine(coco, small, work / "one", 1, args.clip)
-    two, memory_small = mine(coco, small, work / "two", 2, args.clip)
+    one, _ = mine(coco, throughput_input, work / "one", 1, args.clip)
+    two, _ = mine(coco, throughput_input, work / "two", 2, args.clip)
+    n, memory_small = mine(coco, small, work / "small", 2, args.clip)
     four_n, memory_large = mine(coco, large, work / "large", 2, args.clip)
 
     print(f"classical pipeline, {args.images} COCO images, --clip {args.clip}, {os.cpu_count()} cores")
     print(f"1 worker (1 core) : {one['images_per_second']:6.2f} images/s")
     print(f"2 workers (2 cores): {two['images_per_second']:6.2f} images/s")
     print(f"speed-up 2 vs 1 workers: {two['images_per_second'] / one['images_per_second']:.2f}x")
-    for label, memory, manifest in ((f"N  = {args.images:4d}", memory_small, two),
-                                    (f"4N = {4 * args.images:4d}", memory_large, four_n)):
+    for label, memory, manifest in ((f"N  = {args.memory_images:4d}", memory_small, n),
+                                    (f"4N = {4 * args.memory_images:4d}", memory_large, four_n)):
         print(f"peak memory, {label} images: RSS {memory.peak_rss / 2**20:7.0f} MiB, PSS {memory.peak_pss / 2**20:7.0f} MiB"
               f"  ({manifest['counts']['images']} images, {manifest['counts']['pairs']} pairs)")
     print(f"peak RSS 4N / N: {memory_large.peak_rss / memory_small.peak_rss:.2f}  "

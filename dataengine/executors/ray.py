@@ -27,6 +27,9 @@ from . import ShardSpec
 
 log = logging.getLogger(__name__)
 _PROCESS_CACHE: dict[tuple, object] = {}  # per worker process: sources and CPU stages, built once
+# Small blocks: every yielded batch of samples (decoded images: megabytes) becomes its own block and
+# streams on at once, instead of waiting in a task until Ray's default 128 MiB block fills up.
+BLOCK_BYTES = 1 << 20
 
 
 def _cached(kind: str, config, build):
@@ -46,17 +49,20 @@ def _unpack(batch: dict[str, np.ndarray]) -> list[Sample]:
     return [pickle.loads(blob) for blob in batch["sample"]]
 
 
-def read_shard(batch: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
-    """One shard row -> its samples (images not yet read)."""
+def process_shards(batch: dict[str, np.ndarray], config, device: str, learned_proposals: bool):
+    """Shard rows -> their samples through the CPU stages, yielded `images_per_batch` at a time so
+    that the model actors can start on a shard's first images while its task goes on."""
     from ..sources import create_source
 
     source = _cached("source", config.source, lambda: create_source(config.source))
-    samples = []
+    stages = _cached("cpu", config, lambda: _set_up(cpu_stages(config, device, learned_proposals)))
     for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
-        for sample in source.read(int(start), int(stop)):
-            sample.shard = int(shard)
-            samples.append(sample)
-    return _pack(samples)
+        samples = source.read(int(start), int(stop))
+        for first in range(0, len(samples), config.images_per_batch):
+            chunk = samples[first : first + config.images_per_batch]
+            for sample in chunk:
+                sample.shard = int(shard)
+            yield _pack(_apply(stages, chunk))
 
 
 def cpu_stages(config, device: str, learned_proposals: bool) -> list:
@@ -64,11 +70,6 @@ def cpu_stages(config, device: str, learned_proposals: bool) -> list:
     if not learned_proposals:
         stages.append(ProposalStage(config, device))
     return stages
-
-
-def run_cpu_stages(batch, config, device: str, learned_proposals: bool):
-    stages = _cached("cpu", config, lambda: _set_up(cpu_stages(config, device, learned_proposals)))
-    return _pack(_apply(stages, _unpack(batch)))
 
 
 class ModelStages:
@@ -129,6 +130,7 @@ class RayExecutor:
         self.started_ray = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts images, pairs and shards
+        context.target_max_block_size = BLOCK_BYTES
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
@@ -162,8 +164,7 @@ class RayExecutor:
         settings = self.config.ray
         return (
             ray.data.from_items(rows, override_num_blocks=len(rows))
-            .map_batches(read_shard, batch_size=1, fn_kwargs={"config": self.config}, **task_args)
-            .map_batches(run_cpu_stages, batch_size=self.config.images_per_batch,
+            .map_batches(process_shards, batch_size=1,  # one task per shard: shards are the unit of parallelism
                          fn_kwargs={"config": self.config, "device": "cpu",
                                     "learned_proposals": self.learned_proposals}, **task_args)
             .map_batches(ModelStages, batch_size=self.config.images_per_batch,

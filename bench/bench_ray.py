@@ -7,7 +7,7 @@
    sampled every 0.2 s, for N vs 4N input images (2 workers): a streaming run must not grow with
    the dataset.
 
-    python bench/bench_ray.py [--images 64] [--memory-images 30] [--clip dataengine-tiny]
+    python bench/bench_ray.py [--images 127] [--memory-images 30] [--clip dataengine-tiny]
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def mine(coco: Path, table: Path, out: Path, workers: int, clip: str) -> tuple[d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=64, help="images of the throughput runs (default: 64)")
+    parser.add_argument("--images", type=int, default=127, help="images of the throughput runs (default: 127, all)")
     parser.add_argument("--memory-images", type=int, default=30, help="N of the N vs 4N memory runs (default: 30)")
     parser.add_argument("--clip", default="dataengine-tiny", help="open_clip spec (default: the tiny seeded model)")
     args = parser.parse_args()

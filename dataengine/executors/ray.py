@@ -132,7 +132,7 @@ class RayExecutor:
         context.enable_progress_bars = False  # the driver's own bar counts images, pairs and shards
         context.target_max_block_size = BLOCK_BYTES
         context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # e.g. its note that progress bars are off
 
     def _actor_resources(self) -> tuple[float, float]:
         import ray

@@ -167,7 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     mine = commands.add_parser("mine", help="mine pairs from an image-caption dataset",
                                description="Mine (masked region, noun) pairs: caption nouns (spaCy) x mask proposals, "
-                                           "matched with CLIP, written as WebDataset shards + parquet index + rejects + manifest.")
+                                           "matched with CLIP, written as WebDataset shards + parquet index + rejects + manifest.",
+                               epilog="Rerunning the same command into the same --out resumes it: finished shards are kept. "
+                                      "Every setting, with its default and range, is in dataengine/config.py; "
+                                      "the ones without a flag take --set NAME=VALUE or a --config YAML.")
     add_mine_arguments(mine)
     mine.set_defaults(run=run_mine)
 

@@ -7,6 +7,7 @@ beside it; `MineConfig.validate()` turns a bad value into a `ConfigError` naming
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ class MineConfig:
         _check_positive("source.max_pixels", self.source.max_pixels)
         if self.limit is not None:
             _check_positive("limit", self.limit)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.executor not in ("ray", "local"):
             raise ConfigError(f"executor: unknown executor {self.executor!r} (available: ray, local)")
         _check_positive("ray.model_actors", self.ray.model_actors)

@@ -53,6 +53,11 @@ class NounExtractor:
         self._pool = None
 
     @property
+    def package_name(self) -> str:
+        """The importable package of the pipeline (what spacy.load takes), e.g. en_core_web_sm."""
+        return f"{self.nlp.meta.get('lang', 'xx')}_{self.nlp.meta.get('name', '?')}"
+
+    @property
     def model_name(self) -> str:
         return f"{self.nlp.meta.get('name', '?')}-{self.nlp.meta.get('version', '?')}"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -23,18 +24,25 @@ from .write import SHARD_INDEX, SHARD_REJECTS, SHARD_STATS, SHARD_TAR, TMP_DIR
 
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
-OUTPUT_ENTRIES = ("shards", "index", "rejects", "stats", "manifest.json", TMP_DIR, RUN_FILE)
+# Cleared in this order: the done markers first and run.json last, so that a run killed while
+# clearing leaves a folder whose rerun clears it again, never one that looks finished.
+OUTPUT_ENTRIES = ("stats", "manifest.json", "shards", "index", "rejects", TMP_DIR, RUN_FILE)
 # Settings that change how a job runs, never what it writes.
 EXECUTION_ONLY = {"out", "device", "images_per_batch", "executor", "progress", "ray",
                   "nouns.batch_size", "nouns.n_process", "match.batch_size"}
 
 
-def fingerprint(config: MineConfig, models: dict, version: str) -> dict:
+def fingerprint(config: MineConfig, models: dict, version: str, source, total: int, device_kind: str) -> dict:
+    """Everything that shapes the output: settings, models, package version, the device kind (CPU
+    and GPU scores differ in the last digits) and the input itself, as its length and a digest of
+    its keys in order (a shard is a range of positions: an input that changed would mix them)."""
     settings = config.to_dict()
     for name in EXECUTION_ONLY:
         parent, _, leaf = name.rpartition(".")
         (settings[parent] if parent else settings).pop(leaf, None)
-    return {"settings": settings, "models": models, "dataengine_version": version}
+    keys = hashlib.sha256("\n".join(source.key(index) for index in range(total)).encode()).hexdigest()
+    return {"settings": settings, "models": models, "dataengine_version": version, "device": device_kind,
+            "input": {"samples": total, "keys_sha256": keys}}
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -86,8 +94,8 @@ class OutputFolder:
         Only a folder this package made (it holds run.json) is ever cleaned without --overwrite:
         a non-empty folder of anything else is refused, so that no user file is deleted."""
         run_file = self.path / RUN_FILE
-        previous = self._previous_job(run_file)
-        foreign = sorted(set(os.listdir(self.path)) - {LOCK_FILE})
+        previous = None if overwrite else self._previous_job(run_file)
+        foreign = sorted(set(os.listdir(self.path)) - {LOCK_FILE, f".{RUN_FILE}.tmp"})
         if previous is None and foreign and not overwrite:
             raise ConfigError(f"--out: {self.path} is not empty and was not written by dataengine "
                               f"({', '.join(foreign[:3])}...); choose an empty or new folder, or pass --overwrite")
@@ -101,20 +109,25 @@ class OutputFolder:
             self._clear()
         shutil.rmtree(self.path / TMP_DIR, ignore_errors=True)
         (self.path / "manifest.json").unlink(missing_ok=True)  # rewritten when this run completes
-        run_file.write_text(json.dumps({"job": job}, indent=1, sort_keys=True))
+        temporary = self.path / f".{RUN_FILE}.tmp"
+        temporary.write_text(json.dumps({"job": job}, indent=1, sort_keys=True))
+        os.replace(temporary, run_file)
         return len(self.done_shards())
 
     def _previous_job(self, run_file: Path) -> dict | None:
         if not run_file.exists():
             return None
         try:
-            return json.loads(run_file.read_text())["job"]
-        except (json.JSONDecodeError, KeyError) as error:
+            job = json.loads(run_file.read_text())["job"]
+            if not isinstance(job, dict):
+                raise TypeError("not a mapping")
+            return job
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ConfigError(f"--out: {run_file} is damaged ({type(error).__name__}); pass --overwrite") from error
 
     def clear_shard(self, shard: int) -> None:
         """Remove what an interrupted attempt left of an unfinished shard."""
-        for pattern in (SHARD_TAR, SHARD_INDEX, SHARD_REJECTS, SHARD_STATS):
+        for pattern in (SHARD_STATS, SHARD_TAR, SHARD_INDEX, SHARD_REJECTS):  # the done marker first
             (self.path / pattern.format(shard)).unlink(missing_ok=True)
 
     def _clear(self) -> None:

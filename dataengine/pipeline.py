@@ -60,33 +60,33 @@ def job_models(config: MineConfig, generator) -> Models:
     from .nouns import NounExtractor
 
     check_clip_spec(config.match.clip)
-    nouns = NounExtractor(config.nouns).model_name
+    extractor = NounExtractor(config.nouns)
+    # Pin the spaCy package this machine resolved, so that every worker of a cluster uses the same one.
+    config.nouns.spacy_model = config.nouns.spacy_model or extractor.package_name
     fetch_clip_weights(config.match.clip)
-    return Models(clip=config.match.clip, proposals=generator.model_id, nouns=nouns)
+    return Models(clip=config.match.clip, proposals=generator.model_id, nouns=extractor.model_name)
 
 
 def mine(config: MineConfig, overwrite: bool = False) -> dict:
     """Run (or resume) the job described by `config`; returns the manifest, also written to OUT."""
-    from .clip import resolve_device
-
     config.validate()
-    if "@" not in config.match.clip:
-        log.warning("--clip %s has no pretrained weights: seeded random initialisation, the pairs show the "
-                    "machinery only", config.match.clip)
-    # Under Ray each model actor resolves the device on its own machine; locally it is this one.
-    device = resolve_device(config.device) if config.executor == "local" else config.device
     generator = create_generator(config.proposals.generator, config.proposals, "cpu")  # checks the spec only
     source = create_source(config.source)
     if generator.needs_annotations and getattr(source, "instances", None) is None:
         raise ConfigError("--proposals annotations: needs instance masks: use --source coco with --instances FILE")
     models = job_models(config, generator)
+    if "@" not in config.match.clip:
+        log.warning("--clip %s has no pretrained weights: seeded random initialisation, the pairs show the "
+                    "machinery only", config.match.clip)
     shards = plan_shards(min(len(source), config.limit or len(source)), config.write.samples_per_shard)
-    executor = create_executor(config, device)
+    executor = create_executor(config)
     output = OutputFolder(config.out)
     try:
         with output.locked():
-            executor.setup()  # models load (or Ray starts) before anything in the folder changes
-            job = fingerprint(config, vars(models), package_versions()["dataengine"] or "unknown")
+            executor.setup()  # resolves the device; models load (or Ray starts) before the folder changes
+            device_kind = "cuda" if executor.device.startswith("cuda") else "cpu"
+            job = fingerprint(config, vars(models), package_versions()["dataengine"] or "unknown", source,
+                              shards[-1].stop if shards else 0, device_kind)
             output.prepare(job, overwrite)
             done = output.done_shards()
             todo = [spec for spec in shards if spec.shard not in done]

@@ -153,7 +153,7 @@ class Sample:
         """Reject the whole image; later stages skip it and the writer records why."""
         if self.reject is None:
             self.reject = Reject(IMAGE_LEVEL, reason, detail, stage)
-        self.image = None
+        self.image = self.image_bytes = None  # a rejected sample carries no pixels onward
 
     def caption_text(self, caption_id: str) -> str:
         for caption in self.captions:

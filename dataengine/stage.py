@@ -17,6 +17,20 @@ from .images import ImageRejected
 from .records import Sample
 
 STAGE_ERROR = "stage_error"
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [MemoryError]
+    try:
+        import torch
+
+        errors.append(torch.cuda.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(errors)
+
+
+TRANSIENT_ERRORS = _transient_errors()
 log = logging.getLogger(__name__)
 
 
@@ -40,6 +54,8 @@ class Stage:
         start = time.perf_counter()
         try:
             self.process_batch(live)
+        except TRANSIENT_ERRORS:
+            raise
         except Exception:  # a batched stage failed as a whole: find the culprit(s) one sample at a time
             log.debug("%s: batch of %d failed, retrying one by one", self.name, len(live), exc_info=True)
             for sample in live:
@@ -52,6 +68,8 @@ class Stage:
             function(sample)
         except ImageRejected as rejected:
             sample.drop(rejected.reason, rejected.detail, self.name)
+        except TRANSIENT_ERRORS:
+            raise  # not the sample's fault: fail the task (Ray retries it; a rerun resumes), never a reject row
         except Exception as error:
             log.debug("%s failed on %s", self.name, sample.key, exc_info=True)
             sample.drop(STAGE_ERROR, f"{type(error).__name__}: {error}", self.name)

@@ -80,7 +80,7 @@ def test_bad_clip_and_device_are_one_line_errors(capsys, tmp_path, coco_mini):
     code, _, err = run_cli(base + ["--clip", "dataengine-tiny@/nonexistent/weights.pt"], capsys)
     assert code == 2 and "--clip: cannot load" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(base + ["--device", "tpu"], capsys)
-    assert code == 2 and "--device" in err
+    assert code == 2 and "device: expected auto, cpu, cuda or cuda:N" in err
 
 
 def test_module_entry_point_exit_status():

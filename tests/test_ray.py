@@ -102,7 +102,7 @@ def wait_for(condition, timeout: float, process: subprocess.Popen | None = None)
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_output(coco_mini, reference, tmp_path):
     seed = int(time.time())
-    delay = random.Random(seed).uniform(0.0, 6.0)
+    delay = random.Random(seed).uniform(0.0, 8.0)  # from the first finished shard to near the last (~12 s here)
     print(f"kill -9 {delay:.2f} s after the first finished shard (seed {seed})")
     out = tmp_path / "out"
     temp_dir = tempfile.mkdtemp(prefix="de-kill-")
@@ -110,14 +110,18 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_output(coco_mini, reference, 
                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: any((out / "stats").glob("*.json")), 180, run)
-        time.sleep(delay)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and run.poll() is None and not (out / "manifest.json").exists():
+            time.sleep(0.05)
+        if run.poll() is not None or (out / "manifest.json").exists():
+            pytest.skip(f"the run finished within {delay:.1f} s: nothing left to interrupt")
     finally:
         kill_tree(run, temp_dir)
     finished = len(list((out / "stats").glob("*.json")))
+    assert finished < 8
     for tar in (out / "shards").glob("*.tar"):  # whatever is visible is whole: written aside, then renamed
         with tarfile.open(tar) as archive:
             assert all(archive.extractfile(member).read() is not None for member in archive.getmembers())
-    assert not list((out / "shards").glob("*.tmp")) and not list((out / "shards").glob(".*"))
 
     manifest = mine(coco_job(coco_mini, out, "ray"))
     assert manifest["resumed_shards"] == finished
@@ -138,7 +142,7 @@ def test_losing_a_cluster_node_mid_run_still_gives_the_uninterrupted_output(coco
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: any((out / "stats").glob("*.json")), 180, run)
-        cluster.remove_node(worker)
+        cluster.remove_node(worker, allow_graceful=False)  # as a crashed machine: no chance to clean up
         output, _ = run.communicate(timeout=600)
         assert run.returncode == 0, output[-3000:]
     finally:

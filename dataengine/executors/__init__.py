@@ -26,11 +26,12 @@ def plan_shards(total: int, samples_per_shard: int) -> list[ShardSpec]:
             for start in range(0, total, samples_per_shard)]
 
 
-def create_executor(config, device: str):
+def create_executor(config):
+    """`setup()` then sets the executor's `device`: where the model stages run ("cpu" or "cuda...")."""
     if config.executor == "ray":
         from .ray import RayExecutor
 
-        return RayExecutor(config, device)
+        return RayExecutor(config)
     from .local import LocalExecutor
 
-    return LocalExecutor(config, device)
+    return LocalExecutor(config)

@@ -9,11 +9,17 @@ from . import ShardSpec
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, config, device: str):
-        self.stages = build_stages(config, device)
+    def __init__(self, config):
+        self.config = config
+        self.device = config.device
+        self.stages = []
         self.images_per_batch = config.images_per_batch
 
     def setup(self) -> None:
+        from ..clip import resolve_device
+
+        self.device = resolve_device(self.config.device)
+        self.stages = build_stages(self.config, self.device)
         for stage in self.stages:
             stage.setup()
 

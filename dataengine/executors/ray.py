@@ -17,26 +17,33 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import tempfile
+import uuid
 
 import numpy as np
 
+from ..config import ConfigError
 from ..records import Sample
 from ..stages import DecodeStage, MatchStage, NounStage, ProposalStage
 from . import ShardSpec
 
 log = logging.getLogger(__name__)
-_PROCESS_CACHE: dict[tuple, object] = {}  # per worker process: sources and CPU stages, built once
+_PROCESS_CACHE: dict[str, object] = {}  # per worker process: the run's source and CPU stages, built once
+ACTOR_START_SECONDS = 600  # how long Ray Data may wait for the model actors to start before failing
 # Small blocks: every yielded batch of samples (decoded images: megabytes) becomes its own block and
 # streams on at once, instead of waiting in a task until Ray's default 128 MiB block fills up.
 BLOCK_BYTES = 1 << 20
 
 
-def _cached(kind: str, config, build):
-    key = (kind, repr(config))
-    if key not in _PROCESS_CACHE:
-        _PROCESS_CACHE[key] = build()
-    return _PROCESS_CACHE[key]
+def _cached(kind: str, run_id: str, build):
+    """One object per worker process and run; a new run (same worker, next job) starts afresh."""
+    if _PROCESS_CACHE.get("run") != run_id:
+        _PROCESS_CACHE.clear()
+        _PROCESS_CACHE["run"] = run_id
+    if kind not in _PROCESS_CACHE:
+        _PROCESS_CACHE[kind] = build()
+    return _PROCESS_CACHE[kind]
 
 
 def _pack(samples: list[Sample]) -> dict[str, np.ndarray]:
@@ -49,13 +56,13 @@ def _unpack(batch: dict[str, np.ndarray]) -> list[Sample]:
     return [pickle.loads(blob) for blob in batch["sample"]]
 
 
-def process_shards(batch: dict[str, np.ndarray], config, device: str, learned_proposals: bool):
+def process_shards(batch: dict[str, np.ndarray], config, device: str, learned_proposals: bool, run_id: str):
     """Shard rows -> their samples through the CPU stages, yielded `images_per_batch` at a time so
     that the model actors can start on a shard's first images while its task goes on."""
     from ..sources import create_source
 
-    source = _cached("source", config.source, lambda: create_source(config.source))
-    stages = _cached("cpu", config, lambda: _set_up(cpu_stages(config, device, learned_proposals)))
+    source = _cached("source", run_id, lambda: create_source(config.source))
+    stages = _cached("cpu", run_id, lambda: _set_up(cpu_stages(config, device, learned_proposals)))
     for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
         samples = source.read(int(start), int(stop))
         for first in range(0, len(samples), config.images_per_batch):
@@ -75,7 +82,7 @@ def cpu_stages(config, device: str, learned_proposals: bool) -> list:
 class ModelStages:
     """An actor of the model pool: loads its models once, then runs them on batch after batch."""
 
-    def __init__(self, config, device: str, learned_proposals: bool):
+    def __init__(self, config, device: str, learned_proposals: bool, run_id: str):
         from ..clip import resolve_device
 
         device = resolve_device(device)
@@ -98,80 +105,94 @@ def _apply(stages: list, samples: list[Sample]) -> list[Sample]:
     return samples
 
 
-def default_temp_dir() -> str:
-    """Short on purpose: Ray's socket paths inside it must stay under 107 bytes."""
-    return tempfile.mkdtemp(prefix="dataengine-ray-")
+class _HideProgressBarNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Progress bars disabled" not in record.getMessage()
 
 
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, config, device: str):
+    def __init__(self, config):
         self.config = config
-        self.device = device  # resolved in each actor ("auto": the actor's GPU if it has one)
+        self.device = config.device  # resolved by setup() against the cluster's resources
         self.learned_proposals = config.proposals.generator.startswith("hf:")
+        self.run_id = uuid.uuid4().hex
         self.started_ray = False
+        self.temp_dir = None
+        self.actor_cpus = self.actor_gpus = 0.0
 
     def setup(self) -> None:
         import ray
 
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if ray.is_initialized():
-            return
         settings = self.config.ray
-        common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": False}
-        if settings.address:
-            ray.init(address=settings.address, **common)
-        else:
-            ray.init(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus, include_dashboard=False,
-                     _temp_dir=settings.temp_dir or default_temp_dir(),
-                     object_store_memory=settings.object_store_memory, **common)
-        self.started_ray = True
+        if not ray.is_initialized():
+            common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": False}
+            if settings.address:
+                ray.init(address=settings.address, **common)
+            else:
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own embedded instance: no token prompt
+                self.temp_dir = None if settings.temp_dir else tempfile.mkdtemp(prefix="dataengine-ray-")
+                # address="local": a new embedded instance even where RAY_ADDRESS names a cluster
+                ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                         include_dashboard=False, _temp_dir=settings.temp_dir or self.temp_dir,
+                         object_store_memory=settings.object_store_memory, **common)
+            self.started_ray = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts images, pairs and shards
         context.target_max_block_size = BLOCK_BYTES
         context.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # e.g. its note that progress bars are off
+        if hasattr(context, "wait_for_min_actors_s"):
+            context.wait_for_min_actors_s = ACTOR_START_SECONDS  # instead of waiting forever for resources
+        logging.getLogger("ray.data").addFilter(_HideProgressBarNote())
+        self._place_models(ray.cluster_resources())
 
-    def _actor_resources(self) -> tuple[float, float]:
-        import ray
-
-        settings = self.config.ray
-        wants_gpu = self.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
-        gpus = settings.actor_gpus if settings.actor_gpus is not None else (1.0 if wants_gpu else 0.0)
-        cpus = settings.actor_cpus if settings.actor_cpus is not None else (1.0 if gpus else 0.0)
-        return cpus, gpus
+    def _place_models(self, resources: dict) -> None:
+        """Resolve the device and the model actors' resources here, once, against the cluster: the
+        device is part of the job (CPU and GPU scores differ in their last digits), and a request the
+        cluster cannot meet is an error now rather than an actor pool that never starts."""
+        settings, requested = self.config.ray, self.config.device
+        gpus = resources.get("GPU", 0)
+        if requested.startswith("cuda") and not gpus:
+            raise ConfigError(f"--device {requested}: the Ray cluster has no GPU")
+        use_gpu = requested.startswith("cuda") or (requested == "auto" and gpus > 0 and settings.actor_gpus != 0)
+        self.actor_gpus = settings.actor_gpus if settings.actor_gpus is not None else (1.0 if use_gpu else 0.0)
+        self.actor_cpus = settings.actor_cpus if settings.actor_cpus is not None else (1.0 if use_gpu else 0.0)
+        if self.actor_gpus > gpus:
+            raise ConfigError(f"--actor-gpus {self.actor_gpus:g}: the Ray cluster has {gpus:g} GPU(s)")
+        if self.actor_cpus > resources.get("CPU", 0):
+            raise ConfigError(f"ray.actor_cpus {self.actor_cpus:g}: the Ray cluster has {resources.get('CPU', 0):g} CPU(s)")
+        self.device = "cuda" if self.actor_gpus > 0 else "cpu"  # an actor sees only its own GPU(s)
+        log.info("Ray: %g CPU, %g GPU; %d model actor(s) with %g CPU and %g GPU each, on %s",
+                 resources.get("CPU", 0), gpus, settings.model_actors, self.actor_cpus, self.actor_gpus, self.device)
 
     def dataset(self, shards: list[ShardSpec]):
         import warnings
 
         from ray.util.annotations import RayDeprecationWarning
 
-        settings = self.config.ray
         rows = [{"shard": spec.shard, "start": spec.start, "stop": spec.stop} for spec in shards]
-        actor_cpus, actor_gpus = self._actor_resources()
-        task_args = {"num_cpus": settings.task_cpus, "max_retries": settings.max_retries}
         with warnings.catch_warnings():
             # Ray 2.60 deprecates passing retry limits as remote args but offers no named parameter
             # for them yet; Ray Data's own default for actors is unbounded restarts.
             warnings.simplefilter("ignore", RayDeprecationWarning)
-            return self._build(rows, task_args, actor_cpus, actor_gpus)
+            return self._build(rows)
 
-    def _build(self, rows, task_args, actor_cpus, actor_gpus):
+    def _build(self, rows):
         import ray
 
         settings = self.config.ray
+        common = {"config": self.config, "learned_proposals": self.learned_proposals, "run_id": self.run_id}
         return (
             ray.data.from_items(rows, override_num_blocks=len(rows))
             .map_batches(process_shards, batch_size=1,  # one task per shard: shards are the unit of parallelism
-                         fn_kwargs={"config": self.config, "device": "cpu",
-                                    "learned_proposals": self.learned_proposals}, **task_args)
+                         fn_kwargs={**common, "device": "cpu"},
+                         num_cpus=settings.task_cpus, max_retries=settings.max_retries)
             .map_batches(ModelStages, batch_size=self.config.images_per_batch,
-                         fn_constructor_kwargs={"config": self.config, "device": self.device,
-                                                "learned_proposals": self.learned_proposals},
+                         fn_constructor_kwargs={**common, "device": self.device},
                          compute=ray.data.ActorPoolStrategy(size=settings.model_actors),
-                         num_cpus=actor_cpus, num_gpus=actor_gpus,
+                         num_cpus=self.actor_cpus, num_gpus=self.actor_gpus,
                          max_restarts=settings.max_retries, max_task_retries=settings.max_retries)
         )
 
@@ -181,7 +202,7 @@ class RayExecutor:
         spec_of = {spec.shard: spec for spec in shards}
         pending: dict[int, dict[int, Sample]] = {spec.shard: {} for spec in shards}
         for batch in self.dataset(shards).iter_batches(batch_size=None, batch_format="numpy"):
-            samples = _unpack(batch)
+            samples = [sample for sample in _unpack(batch) if sample.shard in pending]  # late repeats: written
             progress.images(samples)
             for sample in samples:
                 pending[sample.shard][sample.index] = sample  # keyed: a retried batch cannot duplicate
@@ -191,8 +212,8 @@ class RayExecutor:
                     progress.shard_done()
         if pending:
             missing = {shard: spec_of[shard].size - len(samples) for shard, samples in pending.items()}
-            raise RuntimeError(f"Ray returned incomplete shards (shard: samples missing): {missing}; "
-                               "rerun the same command to redo them")
+            raise RuntimeError(f"Ray returned incomplete shards (shard: samples missing): {missing}; the finished "
+                               "shards are kept, rerun the same command to redo the others")
 
     def close(self) -> None:
         import ray
@@ -200,3 +221,6 @@ class RayExecutor:
         if self.started_ray:
             ray.shutdown()
             self.started_ray = False
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None

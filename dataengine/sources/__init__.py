@@ -15,6 +15,7 @@ from ..config import ConfigError, SourceConfig
 from ..records import Sample
 
 DUPLICATE_KEY = "duplicate_key"
+SOURCE_ERROR = "source_error"
 READ_CHUNK = 1024
 
 
@@ -46,7 +47,7 @@ class Source:
         """Samples start..stop-1; a key already used by an earlier sample is rejected, never merged."""
         samples = []
         for index in range(start, min(stop, len(self))):
-            sample = self.sample(index)
+            sample = self._sample_or_reject(index)
             sample.index = index
             first = self.first_use_of_key[sample.key]
             if first != index:
@@ -54,6 +55,15 @@ class Source:
                 sample.key = f"{sample.key}-duplicate-{index}"  # its reject row needs a key of its own
             samples.append(sample)
         return samples
+
+    def _sample_or_reject(self, index: int) -> Sample:
+        """An unreadable entry (a caption member that cannot be read, say) is a reject row, not a crash."""
+        try:
+            return self.sample(index)
+        except Exception as error:
+            sample = Sample(self.key(index), "", f"{self.name} input {index}", [])
+            sample.drop(SOURCE_ERROR, f"{type(error).__name__}: {error}", "source")
+            return sample
 
     def __iter__(self) -> Iterator[Sample]:
         for start in range(0, len(self), READ_CHUNK):

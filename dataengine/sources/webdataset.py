@@ -20,10 +20,9 @@ from ..config import ConfigError
 from ..images import MISSING_FILE
 from ..keys import safe_key
 from ..records import Caption, Sample
-from . import Source
+from . import SOURCE_ERROR, Source
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-SOURCE_ERROR = "source_error"
 
 
 @dataclass

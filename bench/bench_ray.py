@@ -3,11 +3,12 @@
 1. Throughput of the CPU-bound classical-proposal pipeline with 1 vs 2 Ray workers: each run is
    `dataengine mine --workers N` with its whole process tree pinned to N cores, so that "1 worker"
    really is one core of compute. Throughput is the manifest's images/s (Ray start-up excluded).
-2. Peak memory, summed over every process of the run (driver, Ray's own processes, workers) and
-   sampled every 0.2 s, for N vs 4N input images (2 workers): a streaming run must not grow with
-   the dataset.
+2. Peak memory for N vs 4N input images (2 workers, annotation proposals so that 4N can be large:
+   COCO images repeated under new ids), summed over every process of the run (driver, Ray's own
+   processes, workers) and, apart, of the driver alone (it holds unfinished shards), sampled every
+   0.2 s: a streaming run must not grow with the dataset.
 
-    python bench/bench_ray.py [--images 127] [--memory-images 30] [--clip dataengine-tiny]
+    python bench/bench_ray.py [--images 127] [--memory-images 127] [--clip dataengine-tiny]
 """
 
 from __future__ import annotations
@@ -40,6 +41,27 @@ def write_input(coco: Path, folder: Path, count: int) -> Path:
     return table
 
 
+def write_coco_input(coco: Path, folder: Path, count: int) -> tuple[Path, Path]:
+    """COCO captions and instances files listing `count` images: the 127 repeated under new ids."""
+    captions = json.loads((coco / "captions.json").read_text())
+    instances = json.loads((coco / "instances.json").read_text())
+    images = sorted(captions["images"], key=lambda image: image["id"])
+    chosen = [(i // len(images), images[i % len(images)]) for i in range(count)]
+    new_id = {(rep, image["id"]): rep * 10_000_000 + image["id"] for rep, image in chosen}
+
+    def repeat(annotations):
+        return [{**a, "image_id": new_id[rep, a["image_id"]], "id": rep * 10_000_000 + a["id"]}
+                for rep in {rep for rep, _ in chosen} for a in annotations if (rep, a["image_id"]) in new_id]
+
+    listed = [{**image, "id": new_id[rep, image["id"]]} for rep, image in chosen]
+    paths = []
+    for name, data in (("captions", captions), ("instances", instances)):
+        path = folder / f"{name}-{count}.json"
+        path.write_text(json.dumps({**data, "images": listed, "annotations": repeat(data["annotations"])}))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 class TreeMemory:
     """Peak of the summed RSS (and PSS, which counts shared memory once) of a process tree."""
 
@@ -47,7 +69,7 @@ class TreeMemory:
         import psutil
 
         self.root = psutil.Process(pid)
-        self.peak_rss = self.peak_pss = 0
+        self.peak_rss = self.peak_pss = self.peak_driver = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -59,6 +81,7 @@ class TreeMemory:
             rss = pss = 0
             try:
                 processes = [self.root, *self.root.children(recursive=True)]
+                self.peak_driver = max(self.peak_driver, self.root.memory_info().rss)
             except psutil.NoSuchProcess:
                 return
             for process in processes:
@@ -75,9 +98,8 @@ class TreeMemory:
         self.thread.join()
 
 
-def mine(coco: Path, table: Path, out: Path, workers: int, clip: str) -> tuple[dict, TreeMemory]:
-    command = [sys.executable, "-m", "dataengine", "mine", "--source", "folder", "--images", str(coco / "images"),
-               "--captions", str(table), "--id-column", "id", "--proposals", "classical", "--clip", clip,
+def mine(source: list[str], out: Path, workers: int, clip: str) -> tuple[dict, TreeMemory]:
+    command = [sys.executable, "-m", "dataengine", "mine", *source, "--clip", clip,
                "--executor", "ray", "--workers", str(workers), "--samples-per-shard", "16", "--no-progress",
                "--out", str(out), "--ray-temp-dir", tempfile.mkdtemp(prefix="de-bench-")]
     cores = set(sorted(os.sched_getaffinity(0))[:workers])
@@ -94,7 +116,7 @@ def mine(coco: Path, table: Path, out: Path, workers: int, clip: str) -> tuple[d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=127, help="images of the throughput runs (default: 127, all)")
-    parser.add_argument("--memory-images", type=int, default=30, help="N of the N vs 4N memory runs (default: 30)")
+    parser.add_argument("--memory-images", type=int, default=127, help="N of the N vs 4N memory runs (default: 127)")
     parser.add_argument("--clip", default="dataengine-tiny", help="open_clip spec (default: the tiny seeded model)")
     args = parser.parse_args()
     offline_environment()
@@ -102,24 +124,31 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs at least 2 cores")
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
-    throughput_input = write_input(coco, work, args.images)
-    small, large = write_input(coco, work, args.memory_images), write_input(coco, work, 4 * args.memory_images)
-
-    one, _ = mine(coco, throughput_input, work / "one", 1, args.clip)
-    two, _ = mine(coco, throughput_input, work / "two", 2, args.clip)
-    n, memory_small = mine(coco, small, work / "small", 2, args.clip)
-    four_n, memory_large = mine(coco, large, work / "large", 2, args.clip)
+    classical = ["--source", "folder", "--images", str(coco / "images"), "--id-column", "id", "--proposals", "classical",
+                 "--captions", str(write_input(coco, work, args.images))]
+    one, _ = mine(classical, work / "one", 1, args.clip)
+    two, _ = mine(classical, work / "two", 2, args.clip)
+    runs = []
+    for count in (args.memory_images, 4 * args.memory_images):
+        captions, instances = write_coco_input(coco, work, count)
+        annotations = ["--source", "coco", "--images", str(coco / "images"), "--captions", str(captions),
+                       "--instances", str(instances), "--proposals", "annotations"]
+        runs.append(mine(annotations, work / f"memory-{count}", 2, args.clip))
+    (n, memory_small), (four_n, memory_large) = runs
 
     print(f"classical pipeline, {args.images} COCO images, --clip {args.clip}, {os.cpu_count()} cores")
     print(f"1 worker (1 core) : {one['images_per_second']:6.2f} images/s")
     print(f"2 workers (2 cores): {two['images_per_second']:6.2f} images/s")
     print(f"speed-up 2 vs 1 workers: {two['images_per_second'] / one['images_per_second']:.2f}x")
+    print("annotation-proposal pipeline, 2 workers:")
     for label, memory, manifest in ((f"N  = {args.memory_images:4d}", memory_small, n),
                                     (f"4N = {4 * args.memory_images:4d}", memory_large, four_n)):
-        print(f"peak memory, {label} images: RSS {memory.peak_rss / 2**20:7.0f} MiB, PSS {memory.peak_pss / 2**20:7.0f} MiB"
+        print(f"peak memory, {label} images: all processes RSS {memory.peak_rss / 2**20:6.0f} MiB "
+              f"(PSS {memory.peak_pss / 2**20:6.0f} MiB), driver RSS {memory.peak_driver / 2**20:5.0f} MiB"
               f"  ({manifest['counts']['images']} images, {manifest['counts']['pairs']} pairs)")
-    print(f"peak RSS 4N / N: {memory_large.peak_rss / memory_small.peak_rss:.2f}  "
-          f"(PSS {memory_large.peak_pss / memory_small.peak_pss:.2f})")
+    print(f"peak RSS 4N / N: all processes {memory_large.peak_rss / memory_small.peak_rss:.2f} "
+          f"(PSS {memory_large.peak_pss / memory_small.peak_pss:.2f}), "
+          f"driver {memory_large.peak_driver / memory_small.peak_driver:.2f}")
 
 
 if __name__ == "__main__":

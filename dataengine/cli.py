@@ -1,4 +1,4 @@
-"""Command line: `dataengine mine | inspect | demo`. Entry point `main(argv)` (tests call it in-process).
+"""Command line: `dataengine mine | inspect | demo | finetune | bench`. Entry point `main(argv)` (tests call it in-process).
 
 User errors (bad flags, bad paths, bad values) print one line and exit with status 2.
 """
@@ -189,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(run=run_demo)
+
+    from finetune.cli import add_bench_parser, add_finetune_parser
+
+    add_finetune_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

@@ -1,0 +1,220 @@
+"""Open-vocabulary segmentation benchmarks of CLIP models on masked regions.
+
+Protocols:
+- `gt-masks`: every ground-truth class region of an image is a masked region; CLIP classifies it
+  against all class names (14 templates). Reports region accuracy and the mIoU of the map the
+  predictions paint (the method's "GT masks + CLIP" oracle).
+- `two-stage`: proposals from a registered generator (the engine's own generators and
+  post-processing), each classified by CLIP (softmax at temperature 100), optionally ensembled
+  with the generator's class scores, p = p_gen^(1 - lambda) * p_clip^lambda; per pixel the class
+  maximising the sum over proposals covering it; pixels no proposal covers count as misses.
+
+Regions are prepared exactly as for mining (tight box, outside pixels at the CLIP mean, 224
+bicubic), so train and test see the same kind of input. Every model sees the same regions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataengine.config import ConfigError, MineConfig, ProposalConfig, from_dict
+from dataengine.records import Sample
+from dataengine.regions import normalize, prepare_regions
+
+from .config import PROTOCOLS
+from .datasets import IGNORE, SegSample, open_dataset
+from .metrics import ConfusionMatrix
+from .models import EvalModel
+
+TEMPERATURE = 100.0
+
+
+@dataclass
+class BenchConfig:
+    dataset: str
+    root: str
+    protocol: str = "gt-masks"
+    proposals: str = "classical"
+    ensemble_lambda: float | None = None  # the method: 0.7 for ADE, 0.6 for Pascal
+    limit: int | None = None
+    batch_size: int = 32
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.ensemble_lambda is not None and not 0 <= self.ensemble_lambda <= 1:
+            raise ConfigError(f"--ensemble-lambda: must be in [0, 1], got {self.ensemble_lambda}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit: must be at least 1, got {self.limit}")
+
+
+def ensemble(p_clip: torch.Tensor, p_gen: torch.Tensor, weight: float) -> torch.Tensor:
+    """The method's geometric ensemble of CLIP and generator class probabilities."""
+    return p_gen.clamp_min(1e-12) ** (1 - weight) * p_clip.clamp_min(1e-12) ** weight
+
+
+def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(R, H, W) bool -> (R, 4) int64 (x, y, w, h) boxes; every mask must be non-empty."""
+    rows, cols = masks.any(2), masks.any(1)
+    y0 = rows.float().argmax(1)
+    x0 = cols.float().argmax(1)
+    y1 = masks.shape[1] - rows.flip(1).float().argmax(1)
+    x1 = masks.shape[2] - cols.flip(1).float().argmax(1)
+    return torch.stack([x0, y0, x1 - x0, y1 - y0], 1).long()
+
+
+def classify_regions(model: EvalModel, image: np.ndarray, masks: torch.Tensor, classes: torch.Tensor,
+                     batch_size: int) -> torch.Tensor:
+    """(R, C) class probabilities of masked regions of one image."""
+    clip = model.clip
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    boxes = tight_boxes(masks)
+    probabilities = []
+    for start in range(0, len(masks), batch_size):
+        chunk = slice(start, start + batch_size)
+        crops, crop_masks = prepare_regions(pixels, masks[chunk], boxes[chunk], clip.image_size, clip.fill_rgb)
+        features = model.encode_regions(normalize(crops, clip.mean, clip.std), crop_masks)
+        probabilities.append((TEMPERATURE * features @ classes.t()).softmax(-1).cpu())
+    return torch.cat(probabilities) if probabilities else torch.zeros(0, len(classes))
+
+
+def gt_regions(sample: SegSample) -> tuple[torch.Tensor, np.ndarray]:
+    """One region per ground-truth class present: (R, H, W) masks and their class ids."""
+    present = np.unique(sample.labels)
+    present = present[present != IGNORE]
+    labels = torch.from_numpy(sample.labels)
+    masks = torch.stack([labels == c for c in present]) if len(present) else torch.zeros((0, *labels.shape), dtype=torch.bool)
+    return masks, present
+
+
+def paint(masks: torch.Tensor, probabilities: torch.Tensor) -> np.ndarray:
+    """Per pixel, the class with the largest sum over covering masks of their class probability;
+    -1 where no mask covers the pixel."""
+    height, width = masks.shape[1:]
+    if not len(masks):
+        return np.full((height, width), -1, dtype=np.int64)
+    scores = torch.einsum("rhw,rc->chw", masks.float(), probabilities.float())
+    prediction = scores.argmax(0)
+    prediction[~masks.any(0)] = -1
+    return prediction.numpy()
+
+
+class ProposalSource:
+    """The engine's proposal stage (generator + shared post-processing) on benchmark images."""
+
+    def __init__(self, spec: str, device: str):
+        from dataengine.stages import ProposalStage
+
+        config = MineConfig(proposals=from_dict(ProposalConfig, {"generator": spec}, "proposals"))
+        self.stage = ProposalStage(config, device)
+        if self.stage.generator.needs_annotations:
+            raise ConfigError("--proposals: annotations needs instance annotations; benchmarks use "
+                              "class-agnostic generators (classical, hf:...)")
+        self.stage.setup()
+
+    def masks(self, sample: SegSample) -> torch.Tensor:
+        height, width = sample.labels.shape
+        record = Sample(key=sample.key, image_id=sample.key, source=sample.key, captions=[], image=sample.image,
+                        height=height, width=width)
+        self.stage.process_batch([record])
+        if record.proposals is None or not len(record.proposals):
+            return torch.zeros((0, height, width), dtype=torch.bool)
+        return torch.from_numpy(record.proposals.decode())
+
+    def class_scores(self, sample: SegSample, class_names: list[str]):
+        return None  # no registered generator scores arbitrary vocabularies yet
+
+
+class Benchmark:
+    def __init__(self, config: BenchConfig, models: list[EvalModel]):
+        if not models:
+            raise ConfigError("bench: no model to evaluate")
+        self.config = config
+        self.models = models
+        self.dataset = open_dataset(config.dataset, config.root)
+        self.proposals = ProposalSource(config.proposals, config.device) if config.protocol == "two-stage" else None
+        if self.proposals is not None and config.ensemble_lambda is not None:
+            raise ConfigError(f"--ensemble-lambda: the {config.proposals} generator gives no class scores for "
+                              "arbitrary class names, so there is nothing to ensemble with")
+
+    def run(self) -> dict:
+        config, names = self.config, self.dataset.classes
+        text = {m.label: m.class_embeddings(names) for m in self.models}
+        matrices = {m.label: ConfusionMatrix(len(names)) for m in self.models}
+        region_hits = dict.fromkeys(matrices, 0)
+        regions_total, images = 0, 0
+        total = min(len(self.dataset), config.limit or len(self.dataset))
+        started = time.perf_counter()
+        bar = tqdm(total=total, desc=f"{config.dataset} {config.protocol}", unit="img", disable=not config.progress)
+        for sample in self.dataset:
+            if images >= total:
+                break
+            masks, region_classes = self._regions(sample)
+            regions_total += len(masks)
+            for model in self.models:
+                probabilities = classify_regions(model, sample.image, masks, text[model.label], config.batch_size)
+                if region_classes is not None:
+                    region_hits[model.label] += int((probabilities.argmax(1).numpy() == region_classes).sum())
+                    probabilities = torch.nn.functional.one_hot(probabilities.argmax(1), len(names)).float()
+                matrices[model.label].update(paint(masks, probabilities), sample.labels)
+            images += 1
+            bar.update(1)
+        bar.close()
+        return self._report(matrices, region_hits, regions_total, images, time.perf_counter() - started)
+
+    def _regions(self, sample: SegSample) -> tuple[torch.Tensor, np.ndarray | None]:
+        if self.proposals is None:
+            return gt_regions(sample)
+        return self.proposals.masks(sample), None
+
+    def _report(self, matrices, region_hits, regions_total, images, seconds) -> dict:
+        config = self.config
+        models = {}
+        for model in self.models:
+            result = matrices[model.label].results(self.dataset.classes)
+            if config.protocol == "gt-masks":
+                result["region_accuracy"] = round(100 * region_hits[model.label] / max(1, regions_total), 4)
+            result["clip"] = model.clip.spec
+            result["prompts"] = model.prompts is not None
+            models[model.label] = result
+        return {"dataset": config.dataset, "root": str(config.root), "protocol": config.protocol,
+                "proposals": config.proposals if config.protocol == "two-stage" else None,
+                "classes": len(self.dataset.classes), "images": images, "regions": regions_total,
+                "seconds": round(seconds, 2), "models": models}
+
+
+def format_table(report: dict) -> str:
+    columns = ["mIoU", "pixel_accuracy", "mean_class_accuracy"]
+    if report["protocol"] == "gt-masks":
+        columns.append("region_accuracy")
+    header = f"{report['dataset']} ({report['classes']} classes), {report['protocol']}"
+    if report.get("proposals"):
+        header += f" with {report['proposals']} proposals"
+    header += f": {report['images']} images, {report['regions']} regions"
+    width = max(12, *(len(label) for label in report["models"]))
+    lines = [header, f"{'model':<{width}} " + " ".join(f"{c:>19}" for c in columns)]
+    for label, result in report["models"].items():
+        cells = " ".join(f"{_cell(result.get(c)):>19}" for c in columns)
+        lines.append(f"{label:<{width}} {cells}")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)

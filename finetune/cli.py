@@ -1,0 +1,154 @@
+"""`dataengine finetune` and `dataengine bench` (also `python -m finetune.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from dataengine.config import ConfigError
+
+from .config import LOSSES, MODES, PRECISIONS, PROTOCOLS, TrainConfig
+
+TRAIN_HELP = {
+    "shards": ("PATTERN", "pair shards: brace pattern, glob, or folder of tars, e.g. out/coco/shards "
+                          "(jpg + txt, optional mask.png: the engine's output or any such set) (required)"),
+    "out": ("DIR", "output folder: checkpoints, prompts.pt, model.pt, log.jsonl, train.json (required)"),
+    "clip": ("SPEC", "open_clip NAME[@PRETRAINED_OR_PATH] to start from (default: ViT-B-16@openai)"),
+    "mode": ("MODE", f"{' | '.join(MODES)}: mask prompt tuning, full finetune of the visual tower, or both in turn "
+                     "(default: mpt)"),
+    "epochs": ("N", "epochs per phase (default: 5)"),
+    "batch_size": ("N", "pairs per step (default: 256)"),
+    "accumulate": ("N", "micro-batches per optimizer step (default: 1)"),
+    "mpt_lr": ("LR", "MPT learning rate (default: 2e-2)"),
+    "mpt_weight_decay": ("WD", "MPT weight decay (default: 0)"),
+    "ft_lr": ("LR", "full finetune learning rate (default: 5e-6)"),
+    "ft_weight_decay": ("WD", "full finetune weight decay (default: 0.2)"),
+    "warmup": ("SHARE", "share of each phase's steps for linear warmup before the cosine decay (default: 0.05)"),
+    "grad_clip": ("NORM", "gradient norm clipping, 0 = off (default: 1.0)"),
+    "prompt_depth": ("N", "MPT: blocks whose input gets mask prompts (default: 3)"),
+    "prompt_init_std": ("STD", "MPT: prompt initialisation std (default: 0.02)"),
+    "loss": ("LOSS", f"{' | '.join(LOSSES)}: in-batch InfoNCE, plus or instead of a classification over every "
+                     "noun of the corpus (default: clip)"),
+    "vocab_loss_weight": ("W", "weight of the vocabulary loss in clip+vocab (default: 1.0)"),
+    "mask_repeated_nouns": (None, "count repeats of a noun in a batch as negatives (default: they are masked out)"),
+    "learn_logit_scale": (None, "freeze the logit scale in full finetune (default: learned, capped at 100)"),
+    "shuffle_buffer": ("N", "samples in each loader worker's shuffle buffer (default: 2000)"),
+    "workers": ("N", "data loader processes (default: 2)"),
+    "seed": ("N", "seed of data order and prompt initialisation (default: 0)"),
+    "device": ("DEVICE", "auto | cpu | cuda | cuda:N (default: auto)"),
+    "precision": ("P", f"{' | '.join(PRECISIONS)}: auto is bf16 autocast on GPU, fp32 on CPU (default: auto)"),
+    "checkpoint_every": ("N", "optimizer steps between checkpoints (default: 500; also at each phase end)"),
+    "log_every": ("N", "optimizer steps between log.jsonl lines (default: 10)"),
+    "max_steps": ("N", "stop after N optimizer steps in all, with a checkpoint; --resume continues (default: none)"),
+    "progress": (None, "no progress bar"),
+}
+NEGATED = {"mask_repeated_nouns": "--keep-repeated-nouns", "learn_logit_scale": "--freeze-logit-scale",
+           "progress": "--no-progress"}
+
+
+def add_finetune_parser(commands) -> None:
+    parser = commands.add_parser(
+        "finetune", help="mask prompt tuning / full finetune of CLIP on mined pairs",
+        description="Train mask-adapted CLIP on pair shards: mask prompt tuning (CLIP frozen), full finetune of "
+                    "the visual tower, or finetune then MPT. The text tower is always frozen.",
+        epilog="Resume an interrupted run with the same command plus --resume. Evaluate with: dataengine bench "
+               "--model NAME=OUT ...")
+    defaults = TrainConfig()
+    for item in fields(TrainConfig):
+        metavar, help_text = TRAIN_HELP[item.name]
+        if item.name in NEGATED:
+            parser.add_argument(NEGATED[item.name], dest=item.name, action="store_false", help=help_text)
+            continue
+        value = getattr(defaults, item.name)
+        kind = float if isinstance(value, float) else int if isinstance(value, int) or item.name == "max_steps" else str
+        parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, type=kind, metavar=metavar,
+                            default=value, help=help_text)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.set_defaults(run=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if not args.shards or not args.out:
+        raise ConfigError("finetune: --shards and --out are required")
+    values = {item.name: getattr(args, item.name) for item in fields(TrainConfig)}
+    summary = train(TrainConfig(**values), resume=args.resume)
+    for phase in summary["phases"]:
+        state = "stopped (resume with --resume)" if phase["stopped"] else "done"
+        print(f"{phase['phase']}: {state} at step {phase['steps']}, last loss {phase['last_loss']:.4f}, "
+              f"{phase['pairs_per_s']:.1f} pairs/s")
+    print(f"-> {args.out}")
+    return 0
+
+
+def add_bench_parser(commands) -> None:
+    from .datasets import DATASETS
+
+    parser = commands.add_parser(
+        "bench", help="open-vocabulary segmentation benchmarks (ADE20K, Pascal Context, VOC, COCO-Object)",
+        description="Evaluate CLIP models on masked regions: ground-truth masks (region accuracy and painted mIoU) "
+                    "or two-stage segmentation with a proposal generator (mIoU). Several models side by side.",
+        epilog="Example: dataengine bench --dataset ade20k-150 --root ADEChallengeData2016 --model pretrained=ViT-B-16@openai "
+               "--model mpt=runs/mpt --model ft+mpt=runs/ftmpt --out ade150.json")
+    add_bench_arguments(parser, DATASETS, PROTOCOLS)
+    parser.set_defaults(run=run_bench)
+
+
+def add_bench_arguments(parser, datasets, protocols) -> None:
+    parser.add_argument("--dataset", required=True, choices=tuple(datasets), metavar="NAME",
+                        help=f"one of {', '.join(datasets)}")
+    parser.add_argument("--root", required=True, metavar="DIR",
+                        help="the dataset in its standard layout (ADEChallengeData2016, ADE20K_2021_17_01, "
+                             "VOCdevkit/VOC2010, VOCdevkit/VOC2012, or a COCO folder with its instances JSON)")
+    parser.add_argument("--clip", metavar="SPEC", help="open_clip NAME[@PRETRAINED_OR_PATH], or a finetune output folder "
+                                                       "(default: ViT-B-16@openai when no --model is given)")
+    parser.add_argument("--prompts", metavar="FILE", help="mask prompts (prompts.pt from dataengine finetune) for --clip")
+    parser.add_argument("--model", action="append", default=[], metavar="LABEL=SPEC",
+                        help="a model to compare, repeatable: SPEC is NAME[@PRETRAINED_OR_PATH] or a finetune output "
+                             "folder (its finetuned weights and prompts are used)")
+    parser.add_argument("--protocol", default="gt-masks", choices=protocols, metavar="P",
+                        help=f"{' | '.join(protocols)} (default: gt-masks)")
+    parser.add_argument("--proposals", default="classical", metavar="GEN",
+                        help="two-stage: classical | hf:MODEL_ID_OR_PATH (default: classical)")
+    parser.add_argument("--ensemble-lambda", type=float, metavar="L",
+                        help="two-stage: weight of CLIP in the geometric ensemble with the generator's class scores "
+                             "(the method: 0.7 ADE, 0.6 Pascal; needs a generator that scores class names)")
+    parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="regions per CLIP forward (default: 32)")
+    parser.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of randomly initialised models (default: 0)")
+    parser.add_argument("--out", required=True, metavar="RESULT.json", help="where to write the results as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from dataengine.clip import resolve_device
+
+    from .benchmark import BenchConfig, Benchmark, format_table, write_report
+    from .models import load_eval_model, parse_model_argument
+
+    device = resolve_device(args.device)
+    config = BenchConfig(args.dataset, args.root, args.protocol, args.proposals, args.ensemble_lambda, args.limit,
+                         args.batch_size, device, not args.no_progress)
+    requested = [parse_model_argument(value) for value in args.model]
+    if args.clip or args.prompts or not requested:
+        requested.insert(0, ("clip+prompts" if args.prompts else "clip", args.clip or "ViT-B-16@openai"))
+    labels = [label for label, _ in requested]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--model: labels must be unique, got {', '.join(labels)}")
+    models = [load_eval_model(label, spec, args.prompts if index == 0 and (args.clip or args.prompts) else None,
+                              device, args.seed) for index, (label, spec) in enumerate(requested)]
+    report = Benchmark(config, models).run()
+    write_report(report, args.out)
+    print(format_table(report))
+    print(f"-> {args.out}")
+    return 0
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    from dataengine.cli import main
+
+    return main(["bench", *(sys.argv[1:] if argv is None else argv)])
+

@@ -1,0 +1,198 @@
+"""Streaming (masked region, noun) pairs from WebDataset shards, with a resumable epoch position.
+
+Any shard set with `KEY.jpg` + `KEY.txt` works; `KEY.mask.png` gives the region mask, and
+without it the mask is read off the crop itself (pixels at the CLIP mean are outside the region,
+the convention of the method's released pairs).
+
+Order is a function of (seed, epoch, number of loader workers) only: shards are shuffled per
+epoch and dealt round-robin to the workers, each worker shuffles its samples through a seeded
+buffer and batches them. Every batch says which worker made it, so the trainer can record how
+many samples of each worker it has consumed and a resumed run skips exactly those (before
+decoding them).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import itertools
+import math
+import random
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+from braceexpand import braceexpand
+from PIL import Image
+
+from dataengine.config import ConfigError
+
+FILL_TOLERANCE = 8  # JPEG noise around the mean-coloured background of mask-less crops
+
+
+class ShardError(ConfigError):
+    """Shards that cannot be read as pairs."""
+
+
+def expand_shards(pattern: str | list[str]) -> list[str]:
+    """A brace pattern, glob, folder or list -> sorted existing tar paths."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    paths: list[str] = []
+    for item in patterns:
+        for expanded in braceexpand(item):
+            path = Path(expanded).expanduser()
+            if path.is_dir():
+                paths += sorted(str(p) for p in path.glob("*.tar"))
+            elif any(ch in expanded for ch in "*?["):
+                paths += sorted(glob.glob(str(path)))
+            elif path.exists():
+                paths.append(str(path))
+            else:
+                raise ShardError(f"--shards: no such file {expanded}")
+    if not paths:
+        raise ShardError(f"--shards: no tar files match {pattern}")
+    return sorted(dict.fromkeys(paths))
+
+
+def _index_for(shard: str) -> Path:
+    """The engine writes OUT/shards/pairs-N.tar next to OUT/index/pairs-N.parquet."""
+    path = Path(shard)
+    return path.parent.parent / "index" / (path.stem + ".parquet")
+
+
+def shard_nouns(shard: str) -> list[str]:
+    """The noun of every pair of a shard: from the engine's parquet index when there is one, else
+    from the tar's txt members."""
+    index = _index_for(shard)
+    if index.exists():
+        import pyarrow.parquet as pq
+
+        return pq.read_table(index, columns=["noun"]).column("noun").to_pylist()
+    nouns = []
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if member.isfile() and member.name.rsplit("/", 1)[-1].partition(".")[2] == "txt":
+                nouns.append(tar.extractfile(member).read().decode("utf-8").strip())
+    return nouns
+
+
+@dataclass
+class Corpus:
+    """The shards of a training run, their sizes and the noun vocabulary."""
+
+    shards: list[str]
+    counts: list[int]
+    vocabulary: list[str]
+
+    @classmethod
+    def scan(cls, pattern) -> Corpus:
+        shards = expand_shards(pattern)
+        nouns = [shard_nouns(shard) for shard in shards]
+        vocabulary = sorted({noun for shard in nouns for noun in shard})
+        if not vocabulary:
+            raise ShardError(f"--shards: {len(shards)} shard(s) but no pairs in them")
+        return cls(shards, [len(n) for n in nouns], vocabulary)
+
+    @property
+    def size(self) -> int:
+        return sum(self.counts)
+
+
+def deal_shards(shards: list, seed: int, epoch: int, workers: int) -> list[list]:
+    """The epoch's shard order (seeded), dealt round-robin to the loader workers."""
+    order, workers = list(shards), max(1, workers)
+    random.Random(f"{seed}-{epoch}").shuffle(order)  # the permutation depends only on the length
+    return [order[worker::workers] for worker in range(workers)]
+
+
+def batches_in_epoch(counts: list[int], seed: int, epoch: int, workers: int, batch_size: int) -> int:
+    """How many batches PairStream yields in an epoch, given the pairs per shard."""
+    dealt = deal_shards(list(range(len(counts))), seed, epoch, workers)
+    return sum(math.ceil(sum(counts[i] for i in shards) / batch_size) for shards in dealt)
+
+
+@dataclass
+class PairStream(torch.utils.data.IterableDataset):
+    """Batches of {"images", "masks", "labels", "nouns", "worker", "keys"} for one epoch."""
+
+    shards: list[str]
+    vocabulary: list[str]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    batch_size: int
+    seed: int = 0
+    epoch: int = 0
+    shuffle_buffer: int = 2000
+    skip: dict[int, int] = field(default_factory=dict)  # loader worker -> samples already consumed
+
+    def __post_init__(self):
+        super().__init__()
+        self.label_of = {noun: i for i, noun in enumerate(self.vocabulary)}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        mine = deal_shards(self.shards, self.seed, self.epoch, workers)[worker]
+        if not mine:
+            return
+        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": url} for url in mine])
+        samples = (s for s in samples if "jpg" in s and "txt" in s)
+        if self.shuffle_buffer > 1:
+            rng = random.Random(f"{self.seed}-{self.epoch}-{worker}")
+            samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
+        samples = itertools.islice(samples, self.skip.get(worker, 0), None)
+        for chunk in _chunks(samples, self.batch_size):
+            yield self._collate([self._decode(sample) for sample in chunk], worker)
+
+    def _decode(self, sample: dict) -> dict:
+        with Image.open(io.BytesIO(sample["jpg"])) as image:
+            rgb = np.asarray(image.convert("RGB"))
+        pixels = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+        if "mask.png" in sample:
+            with Image.open(io.BytesIO(sample["mask.png"])) as image:
+                mask = torch.from_numpy(np.asarray(image.convert("L")) > 127)
+        else:
+            mask = self._mask_from_fill(pixels)
+        noun = sample["txt"].decode("utf-8").strip()
+        return {"pixels": pixels, "mask": mask, "noun": noun, "key": sample["__key__"]}
+
+    def _mask_from_fill(self, pixels: torch.Tensor) -> torch.Tensor:
+        fill = torch.tensor([round(255 * m) for m in self.mean], dtype=torch.int16)[:, None, None]
+        return ((pixels.to(torch.int16) - fill).abs() > FILL_TOLERANCE).any(0)
+
+    def _collate(self, decoded: list[dict], worker: int) -> dict:
+        size = self.image_size
+        images = torch.stack([_resize(d["pixels"].float(), size, "bicubic") for d in decoded])
+        masks = torch.stack([_resize(d["mask"][None].float(), size, "nearest")[0] > 0.5 for d in decoded])
+        mean = torch.tensor(self.mean)[:, None, None]
+        std = torch.tensor(self.std)[:, None, None]
+        images = (images.clamp(0, 255) / 255.0 - mean) / std
+        nouns = [d["noun"] for d in decoded]
+        labels = torch.tensor([self.label_of.get(noun, -1) for noun in nouns])
+        return {"images": images, "masks": masks, "labels": labels, "nouns": nouns,
+                "keys": [d["key"] for d in decoded], "worker": worker}
+
+
+def _resize(tensor: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    if tensor.shape[-2:] == (size, size):
+        return tensor
+    kwargs = {"antialias": True, "align_corners": False} if mode == "bicubic" else {}
+    return F.interpolate(tensor[None], size=(size, size), mode=mode, **kwargs)[0]
+
+
+def _chunks(iterable, size: int):
+    iterator = iter(iterable)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def loader(stream: PairStream, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                       persistent_workers=False)
+

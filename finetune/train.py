@@ -1,0 +1,360 @@
+"""Mask prompt tuning, full finetune of the visual tower, and full finetune then MPT.
+
+The text tower is frozen in every mode: the vocabulary's prompt-ensembled text embeddings are
+computed once per run (and kept in OUT/text_embeddings.pt). Output folder:
+
+    OUT/checkpoints/last.pt   trainable state, optimizer, schedule, data position (resume)
+    OUT/prompts.pt            the learned mask prompts alone (MPT phases)
+    OUT/model.pt              the full open_clip state dict after a finetune phase
+                              (loadable anywhere as --clip NAME@OUT/model.pt)
+    OUT/log.jsonl             one line per logged step
+    OUT/train.json            settings, corpus, per-phase summary
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
+
+from .config import TrainConfig, TrainConfigError
+from .mpt import MaskPromptedViT, check_vit, save_prompts
+from .shards import Corpus, PairStream, batches_in_epoch, loader
+
+log = logging.getLogger(__name__)
+MAX_LOGIT_SCALE = math.log(100)
+CHECKPOINT_FORMAT = "dataengine-finetune-checkpoint/1"
+
+
+# ---------------------------------------------------------------- loss
+
+
+def logit_scale(model) -> torch.Tensor:
+    return model.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+
+
+def clip_loss(regions: torch.Tensor, texts: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor,
+              mask_repeated: bool = True) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE. With `mask_repeated`, a pair whose noun repeats elsewhere in the
+    batch does not count the other occurrences as negatives (they are the same class)."""
+    logits = scale * regions @ texts.t()
+    if mask_repeated:
+        same = labels[:, None] == labels[None, :]
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(len(regions), device=regions.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def vocabulary_loss(regions: torch.Tensor, vocabulary: torch.Tensor, labels: torch.Tensor,
+                    scale: torch.Tensor) -> torch.Tensor:
+    """Classification of each region over every noun of the corpus."""
+    return F.cross_entropy(scale * regions @ vocabulary.t(), labels)
+
+
+# ---------------------------------------------------------------- the model per phase
+
+
+@dataclass
+class Phase:
+    name: str          # "ft" or "mpt"
+    tower: torch.nn.Module
+    parameters: list
+    lr: float
+    weight_decay: float
+
+    def encode(self, images, masks):
+        return self.tower(images, masks) if isinstance(self.tower, MaskPromptedViT) else self.tower(images)
+
+
+def build_phase(name: str, clip: ClipModel, config: TrainConfig) -> Phase:
+    model = clip.model
+    model.requires_grad_(False)
+    if name == "ft":
+        model.visual.requires_grad_(True)
+        model.visual.train()
+        model.logit_scale.requires_grad_(config.learn_logit_scale)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return Phase(name, model.visual, params, config.ft_lr, config.ft_weight_decay)
+    model.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    prompts = MaskPromptedViT(model.visual, config.prompt_depth, config.prompt_init_std, generator).to(clip.device)
+    return Phase(name, prompts, [prompts.prompts], config.mpt_lr, config.mpt_weight_decay)
+
+
+def warmup_cosine(total: int, warmup: float):
+    warmup_steps = int(total * warmup)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False):
+        self.config = config
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+        self.corpus = Corpus.scan(config.shards)
+        self.state = self._load_or_start(resume)
+        self.clip = load_clip(config.clip, self.device, seed=config.seed)
+        if "mpt" in config.phases:
+            check_vit(self.clip.model.visual, config.prompt_depth)
+        self.text = self._text_embeddings()
+        self.prompts: MaskPromptedViT | None = None
+
+    # ---- run state
+
+    def _load_or_start(self, resume: bool) -> dict:
+        checkpoint = self.out / "checkpoints" / "last.pt"
+        if not resume:
+            if checkpoint.exists():
+                raise TrainConfigError(f"--out: {self.out} already holds a training run; pass --resume to "
+                                       "continue it, or choose another folder")
+            return {"phase": 0, "epoch": 0, "step": 0, "consumed": {}, "global_step": 0}
+        if not checkpoint.exists():
+            raise TrainConfigError(f"--resume: no checkpoint at {checkpoint}")
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved.get("format") != CHECKPOINT_FORMAT:
+            raise TrainConfigError(f"--resume: {checkpoint} is not a dataengine finetune checkpoint")
+        changed = self.config.differences(saved["config"])
+        if changed:
+            raise TrainConfigError(f"--resume: settings differ from the saved run's: {', '.join(changed)}")
+        return saved
+
+    def _text_embeddings(self) -> torch.Tensor:
+        cache = self.out / "text_embeddings.pt"
+        key = {"clip": self.config.clip, "vocabulary": self.corpus.vocabulary}
+        if cache.exists():
+            saved = torch.load(cache, map_location="cpu", weights_only=False)
+            if saved.get("key") == key:
+                return saved["embeddings"].to(self.device)
+        log.info("encoding %d nouns x %d templates", len(self.corpus.vocabulary), 14)
+        embeddings = NounEmbeddings(self.clip)(self.corpus.vocabulary).clone()  # a normal tensor, not an inference one
+        self.out.mkdir(parents=True, exist_ok=True)
+        _atomic_save({"key": key, "embeddings": embeddings}, cache)
+        return embeddings.to(self.device)
+
+    # ---- schedule
+
+    def steps_in_phase(self) -> list[int]:
+        config = self.config
+        return [math.ceil(batches_in_epoch(self.corpus.counts, config.seed, epoch, config.workers, config.batch_size)
+                          / config.accumulate) for epoch in range(config.epochs)]
+
+    def _stream(self, epoch: int, skip: dict) -> PairStream:
+        clip, config = self.clip, self.config
+        return PairStream(self.corpus.shards, self.corpus.vocabulary, clip.image_size, clip.mean, clip.std,
+                          config.batch_size, config.seed, epoch, config.shuffle_buffer, skip)
+
+    # ---- training
+
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        summary = {"config": self.config.to_dict(), "corpus": {"shards": len(self.corpus.shards),
+                   "pairs": self.corpus.size, "nouns": len(self.corpus.vocabulary)}, "phases": []}
+        for index, name in enumerate(self.config.phases):
+            if index < self.state["phase"]:
+                self._restore_finished_phase(name)
+                continue
+            result = self._run_phase(index, name)
+            summary["phases"].append(result)
+            if result.get("stopped"):
+                break
+        summary["finished"] = not (summary["phases"] and summary["phases"][-1].get("stopped"))
+        (self.out / "train.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _restore_finished_phase(self, name: str) -> None:
+        if name == "ft":
+            self.clip.model.load_state_dict(torch.load(self.out / "model.pt", map_location=self.device))
+
+    def _run_phase(self, index: int, name: str) -> dict:
+        config = self.config
+        phase = build_phase(name, self.clip, config)
+        optimizer = torch.optim.AdamW(phase.parameters, lr=phase.lr, weight_decay=phase.weight_decay)
+        steps_per_epoch = self.steps_in_phase()
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(sum(steps_per_epoch), config.warmup))
+        resuming = self.state["phase"] == index and self.state.get("trainable") is not None
+        if resuming:
+            self._restore(phase, optimizer, schedule)
+        else:
+            self.state.update({"phase": index, "epoch": 0, "step": 0, "consumed": {}})
+        bar = tqdm(total=sum(steps_per_epoch), initial=self.state["step"], desc=f"{name}", unit="step",
+                   disable=not config.progress, dynamic_ncols=True)
+        self.meter = Meter()
+        while self.state["epoch"] < config.epochs:
+            for loss in self._epoch(phase, optimizer, schedule):
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{self.meter.rate:.1f}", epoch=self.state["epoch"])
+                if self._should_stop():
+                    self._checkpoint(phase, optimizer, schedule)
+                    bar.close()
+                    return self._phase_summary(name, loss, stopped=True)
+            self.state.update({"epoch": self.state["epoch"] + 1, "consumed": {}})
+        bar.close()
+        self.state.update({"phase": index + 1, "epoch": 0, "step": 0, "consumed": {}})
+        self._save_results(phase)
+        self._checkpoint(phase, optimizer, schedule, finished=True)
+        return self._phase_summary(name, self.meter.last_loss, stopped=False)
+
+    def _should_stop(self) -> bool:
+        return self.config.max_steps is not None and self.state["global_step"] >= self.config.max_steps
+
+    def _epoch(self, phase: Phase, optimizer, schedule):
+        """Yields the loss of each optimizer step; checkpoints every `checkpoint_every` steps."""
+        config = self.config
+        consumed = {int(k): v for k, v in self.state["consumed"].items()}
+        stream = self._stream(self.state["epoch"], consumed)
+        pending, losses, count = 0, [], 0
+        for batch in loader(stream, config.workers, pin_memory=self.device.startswith("cuda")):
+            loss = self._loss(phase, batch) / config.accumulate
+            loss.backward()
+            consumed[batch["worker"]] = consumed.get(batch["worker"], 0) + len(batch["nouns"])
+            pending, count = pending + 1, count + len(batch["nouns"])
+            losses.append(loss.item() * config.accumulate)
+            if pending == config.accumulate:
+                self.meter.pairs += count
+                yield self._step(phase, optimizer, schedule, consumed, losses)
+                pending, losses, count = 0, [], 0
+        if pending:
+            self.meter.pairs += count
+            yield self._step(phase, optimizer, schedule, consumed, losses)
+
+    def _step(self, phase: Phase, optimizer, schedule, consumed: dict, losses: list) -> float:
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(phase.parameters, self.config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        if phase.name == "ft":
+            with torch.no_grad():
+                self.clip.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        self.state["consumed"] = dict(consumed)
+        self.state["step"] += 1
+        self.state["global_step"] += 1
+        loss = self.meter.last_loss = sum(losses) / len(losses)
+        if self.state["global_step"] % self.config.log_every == 0:
+            self._log(phase.name, loss, schedule.get_last_lr()[0])
+        if self.state["global_step"] % self.config.checkpoint_every == 0:
+            self._checkpoint(phase, optimizer, schedule)
+        return loss
+
+    def _loss(self, phase: Phase, batch: dict) -> torch.Tensor:
+        images = batch["images"].to(self.device, non_blocking=True)
+        masks = batch["masks"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device)
+        with self._autocast():
+            regions = F.normalize(phase.encode(images, masks).float(), dim=-1)
+        scale = logit_scale(self.clip.model)
+        texts = self.text[labels]
+        loss = torch.zeros((), device=self.device)
+        if self.config.loss in ("clip", "clip+vocab"):
+            loss = loss + clip_loss(regions, texts, labels, scale, self.config.mask_repeated_nouns)
+        if self.config.loss in ("vocab", "clip+vocab"):
+            loss = loss + self.config.vocab_loss_weight * vocabulary_loss(regions, self.text, labels, scale)
+        return loss
+
+    def _autocast(self):
+        use_bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.startswith("cuda"))
+        if not use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16)
+
+    # ---- persistence
+
+    def _trainable_state(self, phase: Phase) -> dict:
+        if phase.name == "mpt":
+            return {"prompts": phase.tower.prompts.detach().cpu()}
+        return {name: tensor.detach().cpu() for name, tensor in self.clip.model.state_dict().items()
+                if name.startswith("visual.") or name == "logit_scale"}
+
+    def _restore(self, phase: Phase, optimizer, schedule) -> None:
+        state = self.state
+        if phase.name == "mpt":
+            with torch.no_grad():
+                phase.tower.prompts.copy_(state["trainable"]["prompts"])
+        else:
+            self.clip.model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+
+    def _checkpoint(self, phase: Phase, optimizer, schedule, finished: bool = False) -> None:
+        """A finished phase keeps nothing to resume: its results are in model.pt / prompts.pt."""
+        self.state.update({
+            "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
+            "trainable": None if finished else self._trainable_state(phase),
+            "optimizer": None if finished else optimizer.state_dict(),
+            "schedule": None if finished else schedule.state_dict(),
+        })
+        path = self.out / "checkpoints" / "last.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save(self.state, path)
+        if phase.name == "mpt":
+            self._save_prompts(phase)
+
+    def _save_prompts(self, phase: Phase) -> None:
+        save_prompts(self.out / "prompts.pt.tmp", phase.tower, self.config.clip)
+        os.replace(self.out / "prompts.pt.tmp", self.out / "prompts.pt")
+
+    def _save_results(self, phase: Phase) -> None:
+        if phase.name == "ft":
+            _atomic_save(self.clip.model.state_dict(), self.out / "model.pt")
+        else:
+            self._save_prompts(phase)
+
+    def _log(self, phase: str, loss: float, lr: float) -> None:
+        record = {"phase": phase, "epoch": self.state["epoch"], "step": self.state["global_step"],
+                  "loss": round(loss, 6), "lr": lr, "pairs": self.meter.pairs, "seconds": round(self.meter.seconds, 3)}
+        with open(self.out / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _phase_summary(self, name: str, loss: float, stopped: bool) -> dict:
+        return {"phase": name, "steps": self.state["global_step"], "pairs": self.meter.pairs,
+                "seconds": round(self.meter.seconds, 3), "pairs_per_s": round(self.meter.rate, 2),
+                "last_loss": loss, "stopped": stopped}
+
+
+@dataclass
+class Meter:
+    """Pairs and wall time of the current phase in this process."""
+
+    started: float = field(default_factory=time.perf_counter)
+    pairs: int = 0
+    last_loss: float = float("nan")
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.pairs / max(self.seconds, 1e-9)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    return Trainer(config, resume).run()

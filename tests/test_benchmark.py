@@ -1,0 +1,122 @@
+"""Benchmark datasets in their standard layouts, both protocols end to end, several models side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from finetune.datasets import DATASETS, IGNORE, DatasetError, open_dataset
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SAMPLES = {"ade20k-150": SHARED / "ade20k-mini", "voc": SHARED / "voc-mini", "coco-object": SHARED / "coco-val-mini"}
+
+
+def shared(name: str) -> Path:
+    if not SAMPLES[name].exists():
+        pytest.skip(f"shared test data not found at {SAMPLES[name]}")
+    return SAMPLES[name]
+
+
+def test_class_lists_have_their_sizes():
+    sizes = {"ade20k-150": 150, "ade20k-847": 847, "pc-59": 59, "pc-459": 459, "voc": 20, "coco-object": 80}
+    from finetune.datasets import class_names
+
+    for name, cls in DATASETS.items():
+        assert len(class_names(cls.classes_file)) == sizes[name]
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_shared_samples_read_through_the_full_dataset_loaders(name):
+    dataset = open_dataset(name, shared(name))
+    expected = {"ade20k-150": 3, "voc": 14, "coco-object": 127}[name]
+    assert len(dataset) == expected
+    for sample in list(dataset)[:3]:
+        assert sample.image.dtype == np.uint8 and sample.image.shape[:2] == sample.labels.shape
+        valid = sample.labels[sample.labels != IGNORE]
+        assert valid.size and valid.min() >= 0 and valid.max() < len(dataset.classes)
+    if name == "voc":  # background (0) and borders (255) are ignored; classes shift down by one
+        with Image.open(shared(name) / "SegmentationClass" / f"{dataset.items[0][0]}.png") as image:
+            raw = np.asarray(image)
+        labels = next(iter(dataset)).labels
+        assert ((raw == 0) | (raw == 255)).sum() == (labels == IGNORE).sum()
+        assert np.array_equal(labels[(raw > 0) & (raw < 255)], raw[(raw > 0) & (raw < 255)] - 1)
+
+
+def _write_layout(root: Path, images_dir: str, labels_dir: str, ext: str, labels: np.ndarray, mode: str):
+    (root / images_dir).mkdir(parents=True)
+    (root / labels_dir).mkdir(parents=True)
+    Image.new("RGB", labels.shape[::-1], (90, 140, 200)).save(root / images_dir / "img_0001.jpg")
+    Image.fromarray(labels.astype(np.uint16 if mode == "I;16" else np.uint8)).save(root / labels_dir / f"img_0001{ext}")
+
+
+@pytest.mark.parametrize("name,images_dir,labels_dir,ext,ignore", [
+    ("ade20k-847", "images_detectron2/validation", "annotations_detectron2/validation", ".tif", 65535),
+    ("pc-459", "JPEGImages", "annotations_detectron2/pc459_val", ".tif", 65535),
+    ("pc-59", "JPEGImages", "annotations_detectron2/pc59_val", ".png", 255),
+])
+def test_detectron2_prepared_layouts(tmp_path, name, images_dir, labels_dir, ext, ignore):
+    labels = np.array([[0, 5, ignore], [ignore, 58, 0]])
+    _write_layout(tmp_path, images_dir, labels_dir, ext, labels, "I;16" if ext == ".tif" else "L")
+    sample = next(iter(open_dataset(name, tmp_path)))
+    assert sample.labels.tolist() == [[0, 5, IGNORE], [IGNORE, 58, 0]]
+
+
+def test_wrong_roots_give_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="ade20k-150 root"):
+        open_dataset("ade20k-150", tmp_path)
+    with pytest.raises(DatasetError, match="val.txt"):
+        open_dataset("voc", tmp_path)
+    with pytest.raises(DatasetError, match="unknown"):
+        open_dataset("cityscapes", tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A short ft+mpt run of the tiny CLIP on synthetic pairs: a folder with model.pt and prompts.pt."""
+    from pairs import write_pair_shards
+
+    from finetune.config import TrainConfig
+    from finetune.train import train
+
+    root = tmp_path_factory.mktemp("run")
+    shards = write_pair_shards(root / "shards", pairs=16, per_shard=16)
+    train(TrainConfig(shards=shards, out=str(root / "run"), clip="dataengine-tiny", mode="ft+mpt", epochs=1,
+                      batch_size=8, workers=0, prompt_depth=2, progress=False, ft_lr=1e-3))
+    return root / "run"
+
+
+@pytest.mark.parametrize("name", list(SAMPLES))
+@pytest.mark.parametrize("protocol", ["gt-masks", "two-stage"])
+def test_both_protocols_end_to_end_with_models_side_by_side(name, protocol, trained_run, tmp_path, capsys):
+    from dataengine.cli import main
+
+    out = tmp_path / "result.json"
+    args = ["bench", "--dataset", name, "--root", str(shared(name)), "--protocol", protocol, "--limit", "2",
+            "--clip", "dataengine-tiny", "--model", f"trained={trained_run}", "--device", "cpu", "--out", str(out),
+            "--no-progress"]
+    if protocol == "two-stage":
+        args += ["--proposals", "classical"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 2 and report["regions"] > 0 and set(report["models"]) == {"clip", "trained"}
+    assert report["models"]["trained"]["prompts"] and not report["models"]["clip"]["prompts"]
+    for result in report["models"].values():
+        assert 0 <= result["mIoU"] <= 100 and 0 <= result["pixel_accuracy"] <= 100
+        if protocol == "gt-masks":
+            assert 0 <= result["region_accuracy"] <= 100
+    table = capsys.readouterr().out
+    assert "trained" in table and "mIoU" in table
+
+
+def test_python_module_entry_and_bad_arguments(tmp_path, capsys):
+    from finetune.cli import bench_main
+
+    assert bench_main(["--dataset", "voc", "--root", str(tmp_path / "missing"), "--clip", "dataengine-tiny",
+                       "--out", str(tmp_path / "r.json")]) == 2
+    assert bench_main(["--dataset", "voc", "--root", str(tmp_path), "--model", "no-equals-sign",
+                       "--out", str(tmp_path / "r.json")]) == 2
+    assert "Traceback" not in capsys.readouterr().err

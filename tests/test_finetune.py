@@ -1,0 +1,171 @@
+"""Training: losses, frozen weights, overfitting, resume, data position, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pairs import write_pair_shards
+
+from finetune.config import TrainConfig, TrainConfigError
+from finetune.shards import Corpus, PairStream
+from finetune.train import Trainer, clip_loss, train, vocabulary_loss
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_pair_shards(tmp_path_factory.mktemp("pairs") / "shards", pairs=48, per_shard=16)
+
+
+def tiny(shards, out, **overrides) -> TrainConfig:
+    settings = dict(shards=shards, out=str(out), clip="dataengine-tiny", epochs=2, batch_size=8, workers=0,
+                    prompt_depth=2, log_every=1, progress=False, shuffle_buffer=32)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_clip_loss_masks_repeated_nouns():
+    torch.manual_seed(0)
+    regions, texts = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    labels = torch.tensor([0, 1, 0, 2])
+    scale = torch.tensor(10.0)
+    logits = scale * regions @ texts.t()
+    # by hand: row 0 must not see column 2 (same noun), row 2 not column 0; same for the columns
+    row_terms = [torch.logsumexp(logits[i, [j for j in range(4) if j == i or labels[j] != labels[i]]], 0) - logits[i, i]
+                 for i in range(4)]
+    col_terms = [torch.logsumexp(logits[[j for j in range(4) if j == i or labels[j] != labels[i]], i], 0) - logits[i, i]
+                 for i in range(4)]
+    expected = (torch.stack(row_terms).mean() + torch.stack(col_terms).mean()) / 2
+    assert torch.allclose(clip_loss(regions, texts, labels, scale), expected, atol=1e-6)
+    unmasked = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.t(), torch.arange(4))) / 2
+    assert torch.allclose(clip_loss(regions, texts, labels, scale, mask_repeated=False), unmasked)
+
+
+def test_vocabulary_loss_is_classification_over_all_nouns():
+    regions = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    vocabulary = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)
+    loss = vocabulary_loss(regions, vocabulary, torch.tensor([0, 1]), torch.tensor(100.0))
+    assert loss < 1e-6  # both regions sit exactly on their noun, far ahead of the others
+
+
+def test_mpt_leaves_clip_bit_identical_while_prompts_change(shards, tmp_path):
+    trainer = Trainer(tiny(shards, tmp_path / "mpt", mode="mpt", epochs=1))
+    before = {name: tensor.clone() for name, tensor in trainer.clip.model.state_dict().items()}
+    trainer.run()
+    after = trainer.clip.model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    saved = torch.load(tmp_path / "mpt" / "prompts.pt", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    initial = torch.randn(saved["prompts"].shape, generator=generator) * 0.02
+    assert not torch.equal(saved["prompts"], initial)
+    assert not (tmp_path / "mpt" / "model.pt").exists()
+
+
+def test_full_finetune_trains_the_visual_tower_only(shards, tmp_path):
+    trainer = Trainer(tiny(shards, tmp_path / "ft", mode="ft", epochs=1, ft_lr=1e-3))
+    before = {name: tensor.clone() for name, tensor in trainer.clip.model.state_dict().items()}
+    trainer.run()
+    after = torch.load(tmp_path / "ft" / "model.pt", weights_only=True)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("visual.") or name == "logit_scale" for name in changed)
+
+
+def _losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode,lr", [("ft", {"ft_lr": 2e-3}), ("mpt", {"mpt_lr": 5e-2})])
+def test_a_few_hundred_steps_overfit_a_small_set(shards, tmp_path, mode, lr):
+    small = write_pair_shards(tmp_path / "small", pairs=8, per_shard=8, seed=5)
+    out = tmp_path / mode
+    train(tiny(small, out, mode=mode, epochs=200, batch_size=8, warmup=0.0, grad_clip=0.0, **lr))
+    losses = _losses(out)
+    assert len(losses) == 200
+    start, end = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert end < 0.5 * start, (start, end)
+
+
+@pytest.mark.parametrize("mode,stop", [("mpt", 5), ("ft", 3), ("ft+mpt", 8)])
+def test_resume_continues_the_same_run(shards, tmp_path, mode, stop):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    overrides = dict(mode=mode, ft_lr=1e-3, checkpoint_every=2)
+    train(tiny(shards, whole, **overrides))
+    first = train(tiny(shards, parts, max_steps=stop, **overrides))
+    assert not first["finished"]
+    with pytest.raises(TrainConfigError, match="--resume"):
+        train(tiny(shards, parts, **overrides))
+    with pytest.raises(TrainConfigError, match="batch_size"):
+        train(tiny(shards, parts, batch_size=4, **overrides), resume=True)
+    assert train(tiny(shards, parts, **overrides), resume=True)["finished"]
+    assert _losses(parts) == _losses(whole)
+    for name in ("prompts.pt", "model.pt"):
+        if (whole / name).exists():
+            a, b = torch.load(whole / name, weights_only=True), torch.load(parts / name, weights_only=True)
+            a, b = (a["prompts"], b["prompts"]) if name == "prompts.pt" else (a, b)
+            assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else all(torch.equal(a[k], b[k]) for k in a))
+
+
+def test_loader_workers_see_every_pair_once_per_epoch(shards):
+    corpus = Corpus.scan(shards)
+    seen = []
+    stream = PairStream(corpus.shards, corpus.vocabulary, 224, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), 5, epoch=1)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    for batch in loader:
+        seen += batch["keys"]
+        assert batch["images"].shape[1:] == (3, 224, 224) and batch["masks"].dtype == torch.bool
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == corpus.size == 48
+    # resume: skipping what each worker already gave leaves exactly the rest
+    skipped = PairStream(corpus.shards, corpus.vocabulary, 224, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), 5, epoch=1,
+                         skip={0: 5, 1: 10})
+    rest = [key for batch in torch.utils.data.DataLoader(skipped, batch_size=None, num_workers=2) for key in batch["keys"]]
+    assert len(rest) == 48 - 15 and set(rest) < set(seen)
+
+
+def test_masks_are_read_off_the_fill_colour_without_mask_files(tmp_path):
+    with_masks = write_pair_shards(tmp_path / "a", pairs=8, per_shard=8, seed=2)
+    without = write_pair_shards(tmp_path / "b", pairs=8, per_shard=8, seed=2, with_masks=False)
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+    def batch(pattern):
+        corpus = Corpus.scan(pattern)
+        return next(iter(PairStream(corpus.shards, corpus.vocabulary, 224, mean, std, 8, shuffle_buffer=0)))
+
+    exact, inferred = batch(with_masks)["masks"], batch(without)["masks"]
+    iou = (exact & inferred).sum((1, 2)).float() / (exact | inferred).sum((1, 2)).float()
+    assert iou.min() > 0.95
+
+
+def test_engine_output_trains(coco_mini, tmp_path):
+    from dataengine.config import MineConfig, from_dict
+    from dataengine.pipeline import mine
+
+    config = from_dict(MineConfig, {
+        "source": {"type": "coco", "images": str(coco_mini / "images"), "captions": str(coco_mini / "captions.json"),
+                   "instances": str(coco_mini / "instances.json")},
+        "proposals": {"generator": "annotations"}, "match": {"clip": "dataengine-tiny"},
+        "out": str(tmp_path / "corpus"), "limit": 6, "executor": "local", "progress": False,
+        "write": {"samples_per_shard": 3}})
+    mine(config)
+    summary = train(tiny(str(tmp_path / "corpus" / "shards"), tmp_path / "run", mode="ft+mpt", epochs=1))
+    assert summary["finished"] and summary["corpus"]["shards"] == 2
+    assert (tmp_path / "run" / "prompts.pt").exists() and (tmp_path / "run" / "model.pt").exists()
+
+
+def test_cli_finetune_and_its_errors(shards, tmp_path, capsys):
+    from dataengine.cli import main
+
+    out = tmp_path / "cli"
+    args = ["finetune", "--shards", shards, "--clip", "dataengine-tiny", "--out", str(out), "--epochs", "1",
+            "--batch-size", "16", "--workers", "0", "--prompt-depth", "2", "--no-progress"]
+    assert main(args) == 0
+    assert (out / "prompts.pt").exists() and json.loads((out / "train.json").read_text())["finished"]
+    assert main(args) == 2  # a run is there: --resume or another folder
+    assert "--resume" in capsys.readouterr().err
+    assert main(["finetune", "--shards", str(tmp_path / "none-*.tar"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["finetune", "--shards", shards, "--out", str(tmp_path / "y"), "--mode", "lora"]) == 2
+    assert main(["finetune", "--shards", shards, "--out", str(tmp_path / "z"), "--clip", "RN50",
+                 "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ViT" in err

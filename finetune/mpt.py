@@ -11,6 +11,7 @@ the plain tower's, exactly.
 from __future__ import annotations
 
 import contextlib
+import pickle
 
 import torch
 import torch.nn.functional as F
@@ -119,8 +120,8 @@ def save_prompts(path, wrapper: MaskPromptedViT, model_name: str) -> None:
 def read_prompt_file(path) -> dict:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as error:
-        raise MPTError(f"cannot read mask prompts {path}: {error}") from error
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
+        raise MPTError(f"cannot read mask prompts {path}: {str(error).splitlines()[0]}") from error
     if not isinstance(saved, dict) or saved.get("format") != "dataengine-mask-prompts/1":
         raise MPTError(f"{path} is not a mask prompt file written by dataengine finetune")
     return saved

@@ -32,7 +32,7 @@ from PIL import Image
 
 from dataengine.config import ConfigError
 
-FILL_TOLERANCE = 8  # JPEG noise around the mean-coloured background of mask-less crops
+FILL_TOLERANCE = 16  # JPEG noise on the mean-coloured background of mask-less crops
 
 
 class ShardError(ConfigError):

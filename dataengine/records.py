@@ -57,11 +57,17 @@ class Proposals:
     rles: list[dict]
     scores: np.ndarray
     generator: str
+    # Generators with a classifier (MaskFormer) also give each mask's probabilities over their own
+    # labels, no-object excluded: (N, K) with `class_labels` naming the K columns.
+    class_probs: np.ndarray | None = None
+    class_labels: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
         if len(self.rles) != len(self.scores):
             raise ValueError(f"{len(self.rles)} masks but {len(self.scores)} scores")
+        if self.class_probs is not None and len(self.class_probs) != len(self.rles):
+            raise ValueError(f"{len(self.rles)} masks but {len(self.class_probs)} rows of class probabilities")
 
     def __len__(self) -> int:
         return len(self.rles)
@@ -83,7 +89,8 @@ class Proposals:
         """Keep by boolean mask or by indices."""
         keep = np.asarray(keep)
         indices = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
-        return Proposals([self.rles[i] for i in indices], self.scores[indices], self.generator)
+        probs = None if self.class_probs is None else self.class_probs[indices]
+        return Proposals([self.rles[i] for i in indices], self.scores[indices], self.generator, probs, self.class_labels)
 
     def decode(self) -> np.ndarray:
         """Full-resolution boolean masks, shape (N, H, W)."""
@@ -92,16 +99,18 @@ class Proposals:
         return np.moveaxis(mask_utils.decode(self.rles), -1, 0).astype(bool)
 
     @classmethod
-    def from_masks(cls, masks: np.ndarray, scores, generator: str) -> Proposals:
+    def from_masks(cls, masks: np.ndarray, scores, generator: str, class_probs: np.ndarray | None = None,
+                   class_labels: tuple[str, ...] | None = None) -> Proposals:
         """Encode (N, H, W) boolean masks; empty masks are dropped here, once for every generator."""
         masks = np.asarray(masks, dtype=bool)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         non_empty = masks.reshape(len(masks), -1).any(axis=1) if len(masks) else np.zeros(0, bool)
         masks, scores = masks[non_empty], scores[non_empty]
+        probs = None if class_probs is None else np.asarray(class_probs, dtype=np.float64)[non_empty]
         if not len(masks):
-            return cls([], np.zeros(0), generator)
+            return cls([], np.zeros(0), generator, probs, class_labels)
         rles = mask_utils.encode(np.asfortranarray(np.moveaxis(masks, 0, -1).astype(np.uint8)))
-        return cls(list(rles), scores, generator)
+        return cls(list(rles), scores, generator, probs, class_labels)
 
 
 @dataclass

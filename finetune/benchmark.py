@@ -6,7 +6,8 @@ Protocols:
   predictions paint (the method's "GT masks + CLIP" oracle).
 - `two-stage`: proposals from a registered generator (the engine's own generators and
   post-processing), each classified by CLIP (softmax at temperature 100), optionally ensembled
-  with the generator's class scores, p = p_gen^(1 - lambda) * p_clip^lambda; per pixel the class
+  with the generator's class scores, p = p_gen^(1 - lambda) * p_clip^lambda, on the classes whose
+  names the generator knows (a MaskFormer's own labels; CLIP alone decides the others); per pixel the class
   maximising the sum over proposals covering it; pixels no proposal covers count as misses.
 
 Regions are prepared exactly as for mining (tight box, outside pixels at the CLIP mean, 224
@@ -25,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from dataengine.config import ConfigError, MineConfig, ProposalConfig, from_dict
-from dataengine.records import Sample
+from dataengine.records import Proposals, Sample
 from dataengine.regions import normalize, prepare_regions
 
 from .config import PROTOCOLS
@@ -121,17 +122,42 @@ class ProposalSource:
                               "class-agnostic generators (classical, hf:...)")
         self.stage.setup()
 
-    def masks(self, sample: SegSample) -> torch.Tensor:
+    @property
+    def scores_classes(self) -> bool:
+        return self.stage.generator.scores_classes
+
+    def proposals(self, sample: SegSample) -> tuple[torch.Tensor, Proposals | None]:
         height, width = sample.labels.shape
         record = Sample(key=sample.key, image_id=sample.key, source=sample.key, captions=[], image=sample.image,
                         height=height, width=width)
         self.stage.process_batch([record])
         if record.proposals is None or not len(record.proposals):
-            return torch.zeros((0, height, width), dtype=torch.bool)
-        return torch.from_numpy(record.proposals.decode())
+            return torch.zeros((0, height, width), dtype=torch.bool), None
+        return torch.from_numpy(record.proposals.decode()), record.proposals
 
-    def class_scores(self, sample: SegSample, class_names: list[str]):
-        return None  # no registered generator scores arbitrary vocabularies yet
+
+def _label_key(name: str) -> str:
+    """Class names compared across vocabularies: 'sky-other-merged' and 'Sky' are the same class."""
+    name = name.split(",")[0].strip().lower()
+    for suffix in ("-other-merged", "-merged", "-other", "-stuff"):
+        name = name.removesuffix(suffix)
+    return name.replace("_", " ").replace("-", " ")
+
+
+def generator_columns(labels: tuple[str, ...], class_names: list[str]) -> list[int | None]:
+    """For each benchmark class, the generator label column with the same name, if any."""
+    index = {_label_key(label): i for i, label in enumerate(labels)}
+    return [index.get(_label_key(name)) for name in class_names]
+
+
+def ensemble_with_generator(p_clip: torch.Tensor, proposals: Proposals, columns: list[int | None],
+                            weight: float) -> torch.Tensor:
+    """The geometric ensemble on the classes the generator knows; CLIP alone on the others."""
+    known = [c for c, column in enumerate(columns) if column is not None]
+    p_gen = torch.from_numpy(proposals.class_probs[:, [columns[c] for c in known]]).float()
+    mixed = p_clip.clone()
+    mixed[:, known] = ensemble(p_clip[:, known], p_gen, weight)
+    return mixed
 
 
 class Benchmark:
@@ -142,9 +168,21 @@ class Benchmark:
         self.models = models
         self.dataset = open_dataset(config.dataset, config.root)
         self.proposals = ProposalSource(config.proposals, config.device) if config.protocol == "two-stage" else None
-        if self.proposals is not None and config.ensemble_lambda is not None:
-            raise ConfigError(f"--ensemble-lambda: the {config.proposals} generator gives no class scores for "
-                              "arbitrary class names, so there is nothing to ensemble with")
+        self.columns = None
+        if config.ensemble_lambda is not None:
+            self.columns = self._ensemble_columns()
+
+    def _ensemble_columns(self) -> list[int | None]:
+        config = self.config
+        if self.proposals is None or not self.proposals.scores_classes:
+            raise ConfigError(f"--ensemble-lambda: needs --protocol two-stage and a generator with class scores "
+                              f"(hf: MaskFormer / Mask2Former); {config.proposals} has none")
+        labels = self.proposals.stage.generator.class_labels
+        columns = generator_columns(labels, self.dataset.classes)
+        if not any(column is not None for column in columns):
+            raise ConfigError(f"--ensemble-lambda: none of the {len(labels)} labels of {config.proposals} names a "
+                              f"{config.dataset} class, so there is nothing to ensemble")
+        return columns
 
     def run(self) -> dict:
         config, names = self.config, self.dataset.classes
@@ -158,10 +196,13 @@ class Benchmark:
         for sample in self.dataset:
             if images >= total:
                 break
-            masks, region_classes = self._regions(sample)
+            masks, region_classes, proposals = self._regions(sample)
             regions_total += len(masks)
             for model in self.models:
                 probabilities = classify_regions(model, sample.image, masks, text[model.label], config.batch_size)
+                if self.columns is not None and proposals is not None:
+                    probabilities = ensemble_with_generator(probabilities, proposals, self.columns,
+                                                            config.ensemble_lambda)
                 if region_classes is not None:
                     region_hits[model.label] += int((probabilities.argmax(1).numpy() == region_classes).sum())
                     probabilities = torch.nn.functional.one_hot(probabilities.argmax(1), len(names)).float()
@@ -171,10 +212,12 @@ class Benchmark:
         bar.close()
         return self._report(matrices, region_hits, regions_total, images, time.perf_counter() - started)
 
-    def _regions(self, sample: SegSample) -> tuple[torch.Tensor, np.ndarray | None]:
+    def _regions(self, sample: SegSample) -> tuple[torch.Tensor, np.ndarray | None, Proposals | None]:
+        """(masks, their true classes for gt-masks, the generator's proposals for two-stage)."""
         if self.proposals is None:
-            return gt_regions(sample)
-        return self.proposals.masks(sample), None
+            return (*gt_regions(sample), None)
+        masks, proposals = self.proposals.proposals(sample)
+        return masks, None, proposals
 
     def _report(self, matrices, region_hits, regions_total, images, seconds) -> dict:
         config = self.config
@@ -188,6 +231,7 @@ class Benchmark:
             models[model.label] = result
         return {"dataset": config.dataset, "root": str(config.root), "protocol": config.protocol,
                 "proposals": config.proposals if config.protocol == "two-stage" else None,
+                "ensemble_lambda": config.ensemble_lambda,
                 "classes": len(self.dataset.classes), "images": images, "regions": regions_total,
                 "seconds": round(seconds, 2), "models": models}
 

@@ -50,3 +50,33 @@ def write_image(path: Path, size=(64, 48), color=(200, 30, 30), mode="RGB", fmt=
     ImageDraw.Draw(image).rectangle((size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2), fill=color)
     image.convert(mode).save(path, format=fmt)
     return path
+
+
+def swin_config():
+    from transformers import SwinConfig
+
+    return SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                      window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
+
+
+# COCO-panoptic-style names: three of them name VOC classes, one needs its suffix stripped
+MASKFORMER_LABELS = ("person", "dog", "car", "sky-other-merged", "bus")
+
+
+@pytest.fixture(scope="session")
+def maskformer_dir(tmp_path_factory):
+    import torch
+    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
+
+    path = tmp_path_factory.mktemp("maskformer")
+    torch.manual_seed(0)
+    config = MaskFormerConfig(
+        backbone_config=swin_config(), num_labels=5,
+        id2label=dict(enumerate(MASKFORMER_LABELS)), label2id={n: i for i, n in enumerate(MASKFORMER_LABELS)}, mask_feature_size=32, fpn_feature_size=32,
+        decoder_config=dict(model_type="detr", d_model=32, encoder_layers=1, decoder_layers=1,
+                            encoder_attention_heads=1, decoder_attention_heads=1, num_queries=10,
+                            encoder_ffn_dim=32, decoder_ffn_dim=32),
+    )
+    MaskFormerForInstanceSegmentation(config).save_pretrained(path)
+    MaskFormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(path)
+    return path

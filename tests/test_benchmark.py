@@ -120,3 +120,49 @@ def test_python_module_entry_and_bad_arguments(tmp_path, capsys):
     assert bench_main(["--dataset", "voc", "--root", str(tmp_path), "--model", "no-equals-sign",
                        "--out", str(tmp_path / "r.json")]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_generator_labels_map_onto_benchmark_classes_and_ensemble():
+    import torch
+
+    from dataengine.records import Proposals
+    from finetune.benchmark import ensemble_with_generator, generator_columns
+
+    columns = generator_columns(("person", "dog", "sky-other-merged", "Bus"), ["bus", "sky", "cat", "person"])
+    assert columns == [3, 2, None, 0]
+    proposals = Proposals([{}], [0.9], "hf-maskformer", class_probs=np.array([[0.1, 0.2, 0.3, 0.4]]),
+                          class_labels=("person", "dog", "sky-other-merged", "Bus"))
+    p_clip = torch.tensor([[0.25, 0.25, 0.4, 0.1]])
+    mixed = ensemble_with_generator(p_clip, proposals, columns, 0.6)
+    assert mixed[0, 2] == p_clip[0, 2]  # the generator does not know "cat": CLIP alone
+    assert mixed[0, 0].item() == pytest.approx(0.4 ** 0.4 * 0.25 ** 0.6)
+    assert mixed[0, 3].item() == pytest.approx(0.1 ** 0.4 * 0.1 ** 0.6)
+
+
+def test_two_stage_with_a_learned_generator_and_its_ensemble(maskformer_dir, tmp_path):
+    from dataengine.cli import main
+
+    base = ["bench", "--dataset", "voc", "--root", str(shared("voc")), "--protocol", "two-stage", "--limit", "2",
+            "--clip", "dataengine-tiny", "--device", "cpu", "--no-progress"]
+    out = tmp_path / "ensemble.json"
+    assert main([*base, "--proposals", f"hf:{maskformer_dir}", "--ensemble-lambda", "0.6", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["ensemble_lambda"] == 0.6 and report["images"] == 2
+    # classical proposals have no class scores to ensemble with: a clear error, before any work
+    assert main([*base, "--proposals", "classical", "--ensemble-lambda", "0.6", "--out", str(tmp_path / "x.json")]) == 2
+
+
+def test_maskformer_proposals_carry_class_probabilities(maskformer_dir):
+    from dataengine.config import ProposalConfig
+    from dataengine.proposals import create_generator
+    from dataengine.records import Sample
+
+    generator = create_generator(f"hf:{maskformer_dir}", ProposalConfig())
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    sample = Sample(key="k", image_id="k", source="s", captions=[], image=image, height=60, width=80)
+    proposals = generator.generate(sample)
+    assert proposals.class_labels == ("person", "dog", "car", "sky-other-merged", "bus")
+    assert proposals.class_probs.shape == (len(proposals), 5)
+    assert np.allclose(proposals.class_probs.sum(1), 1.0)
+    kept = proposals.filter(np.arange(len(proposals))[::2])
+    assert np.array_equal(kept.class_probs, proposals.class_probs[::2])

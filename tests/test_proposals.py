@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import swin_config
 from pycocotools import mask as mask_utils
 
 from dataengine.config import ConfigError, ProposalConfig
@@ -447,31 +448,6 @@ def test_hf_unsupported_model_type(tmp_path):
 # hf generators on tiny random models
 
 
-def _swin_config():
-    from transformers import SwinConfig
-
-    return SwinConfig(image_size=64, patch_size=4, embed_dim=32, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
-                      window_size=4, out_features=["stage1", "stage2", "stage3", "stage4"])
-
-
-@pytest.fixture(scope="session")
-def maskformer_dir(tmp_path_factory):
-    import torch
-    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
-
-    path = tmp_path_factory.mktemp("maskformer")
-    torch.manual_seed(0)
-    config = MaskFormerConfig(
-        backbone_config=_swin_config(), num_labels=5, mask_feature_size=32, fpn_feature_size=32,
-        decoder_config=dict(model_type="detr", d_model=32, encoder_layers=1, decoder_layers=1,
-                            encoder_attention_heads=1, decoder_attention_heads=1, num_queries=10,
-                            encoder_ffn_dim=32, decoder_ffn_dim=32),
-    )
-    MaskFormerForInstanceSegmentation(config).save_pretrained(path)
-    MaskFormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def mask2former_dir(tmp_path_factory):
     import torch
@@ -480,7 +456,7 @@ def mask2former_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("mask2former")
     torch.manual_seed(0)
     config = Mask2FormerConfig(
-        backbone_config=_swin_config(), num_labels=5, hidden_dim=32, mask_feature_size=32, feature_size=32,
+        backbone_config=swin_config(), num_labels=5, hidden_dim=32, mask_feature_size=32, feature_size=32,
         encoder_layers=1, decoder_layers=2, num_attention_heads=1, dim_feedforward=32, num_queries=10,
         encoder_feedforward_dim=32,
     )

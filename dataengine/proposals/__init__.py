@@ -15,6 +15,7 @@ class ProposalGenerator:
     name = "generator"
     postprocess = True  # area limits, NMS and the cap apply to this generator's masks
     needs_annotations = False
+    scores_classes = False  # proposals carry class probabilities over the generator's own labels
 
     def __init__(self, config: ProposalConfig, device: str = "cpu"):
         self.config = config

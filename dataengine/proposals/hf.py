@@ -1,8 +1,9 @@
 """Learned class-agnostic proposals through Hugging Face transformers.
 
-- MaskFormer / Mask2Former (`AutoModelForUniversalSegmentation`): the class labels are ignored; a
-  query's confidence is its best class probability with the no-object class excluded (as in
-  MaskFormer's own instance inference). Mask logits are brought back to the image's own size,
+- MaskFormer / Mask2Former (`AutoModelForUniversalSegmentation`): the class labels do not take
+  part in mining; a query's confidence is its best class probability with the no-object class
+  excluded (as in MaskFormer's own instance inference), and its class probabilities (no-object
+  excluded, renormalized) travel with the mask for the benchmarks' ensemble. Mask logits are brought back to the image's own size,
   passed through a sigmoid and binarized at `proposals.mask_threshold`.
 - SAM: the transformers "mask-generation" pipeline (automatic mask generation on a point grid),
   with `proposals.mask_threshold` (as the logit of that probability) and SAM's own quality
@@ -65,6 +66,7 @@ class HFProposals(ProposalGenerator):
 
 class MaskFormerProposals(HFProposals):
     name = "hf-maskformer"
+    scores_classes = True
 
     def setup(self) -> None:
         if self.model is not None:
@@ -84,20 +86,26 @@ class MaskFormerProposals(HFProposals):
         inputs = self.processor(images=[s.image for s in samples], return_tensors="pt").to(self.device)
         with torch.inference_mode():
             outputs = self.model(**inputs)
-        objectness = outputs.class_queries_logits.float().softmax(-1)[..., :-1].amax(-1)
+        class_probs = outputs.class_queries_logits.float().softmax(-1)[..., :-1]  # no-object excluded
         return [
-            self._image_proposals(outputs.masks_queries_logits[i], objectness[i], inputs["pixel_mask"][i], sample)
+            self._image_proposals(outputs.masks_queries_logits[i], class_probs[i], inputs["pixel_mask"][i], sample)
             for i, sample in enumerate(samples)
         ]
 
     def generate(self, sample: Sample) -> Proposals:
         return self.generate_batch([sample])[0]
 
-    def _image_proposals(self, mask_logits, objectness, pixel_mask, sample: Sample) -> Proposals:
+    @property
+    def class_labels(self) -> tuple[str, ...]:
+        labels = self.model.config.id2label
+        return tuple(labels[i] for i in sorted(labels))
+
+    def _image_proposals(self, mask_logits, class_probs, pixel_mask, sample: Sample) -> Proposals:
         import torch.nn.functional as F
 
+        objectness = class_probs.amax(-1)
         keep = objectness >= self.config.hf.score_threshold
-        mask_logits, objectness = mask_logits[keep].float(), objectness[keep]
+        mask_logits, objectness, class_probs = mask_logits[keep].float(), objectness[keep], class_probs[keep]
         if not len(objectness):
             return Proposals([], [], self.name)
         padded = F.interpolate(mask_logits[None], size=pixel_mask.shape, mode="bilinear", align_corners=False)[0]
@@ -105,7 +113,9 @@ class MaskFormerProposals(HFProposals):
         unpadded = padded[:, :valid_rows, :valid_cols]
         full = F.interpolate(unpadded[None], size=sample.image.shape[:2], mode="bilinear", align_corners=False)[0]
         masks = (full.sigmoid() > self.config.mask_threshold).cpu().numpy()
-        return Proposals.from_masks(masks, objectness.cpu().numpy(), self.name)
+        renormalized = class_probs / class_probs.sum(-1, keepdim=True).clamp_min(1e-12)
+        return Proposals.from_masks(masks, objectness.cpu().numpy(), self.name, renormalized.cpu().numpy(),
+                                    self.class_labels)
 
 
 class SamProposals(HFProposals):

@@ -62,6 +62,7 @@ class ClipModel:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    architecture: str = ""  # the open_clip model name that rebuilds this network (e.g. with -quickgelu)
 
     @property
     def fill_rgb(self) -> tuple[float, float, float]:
@@ -153,18 +154,30 @@ def load_clip(spec: str, device: str = "cpu", seed: int = 0) -> ClipModel:
     name, pretrained = check_clip_spec(spec)
     if not pretrained:
         log.info("CLIP %s: no pretrained weights requested: seeded random initialisation", name)
+    quick_gelu = _trained_with_quick_gelu(name, pretrained)
     try:
         with torch.random.fork_rng(devices=[]), hub_access():
             torch.manual_seed(seed)
-            model = open_clip.create_model(name, pretrained=pretrained, device=device)
+            model = open_clip.create_model(name, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu)
     except RuntimeError as error:
         raise ConfigError(f"--clip: cannot load {spec}: {str(error).splitlines()[0]}") from error
     model.eval()
     visual = model.visual
     size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
+    architecture = f"{name}-quickgelu" if quick_gelu and f"{name}-quickgelu" in open_clip.list_models() else name
     return ClipModel(spec, model, open_clip.get_tokenizer(name), device, int(size),
                      tuple(visual.image_mean or open_clip.OPENAI_DATASET_MEAN),
-                     tuple(visual.image_std or open_clip.OPENAI_DATASET_STD))
+                     tuple(visual.image_std or open_clip.OPENAI_DATASET_STD), architecture)
+
+
+def _trained_with_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """OpenAI's weights (and some others) need QuickGELU, which the plain model configs lack: open_clip
+    only warns, and the network would silently compute something else."""
+    import open_clip
+
+    if not pretrained or Path(pretrained).exists() or name.endswith("-quickgelu"):
+        return False
+    return bool(open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
 
 
 class NounEmbeddings:

@@ -97,16 +97,28 @@ def gt_regions(sample: SegSample) -> tuple[torch.Tensor, np.ndarray]:
     return masks, present
 
 
-def paint(masks: torch.Tensor, probabilities: torch.Tensor) -> np.ndarray:
+def paint(masks: torch.Tensor, probabilities: torch.Tensor, chunk: int = 16384) -> np.ndarray:
     """Per pixel, the class with the largest sum over covering masks of their class probability;
-    -1 where no mask covers the pixel."""
+    -1 where no mask covers the pixel. Pixels go in chunks: (classes x pixels) stays small even for
+    847 classes on large images."""
     height, width = masks.shape[1:]
-    if not len(masks):
-        return np.full((height, width), -1, dtype=np.int64)
-    scores = torch.einsum("rhw,rc->chw", masks.float(), probabilities.float())
-    prediction = scores.argmax(0)
-    prediction[~masks.any(0)] = -1
-    return prediction.numpy()
+    prediction = torch.full((height * width,), -1, dtype=torch.long)
+    if len(masks):
+        flat = masks.reshape(len(masks), -1)
+        by_class = probabilities.float().t()  # (C, R)
+        for start in range(0, height * width, chunk):
+            part = flat[:, start : start + chunk]
+            best = (by_class @ part.float()).argmax(0)
+            prediction[start : start + chunk] = torch.where(part.any(0), best, -1)
+    return prediction.reshape(height, width).numpy()
+
+
+def paint_disjoint(masks: torch.Tensor, classes: np.ndarray) -> np.ndarray:
+    """Non-overlapping masks (ground-truth regions) painted with one class each; -1 elsewhere."""
+    prediction = np.full(masks.shape[1:], -1, dtype=np.int64)
+    for mask, label in zip(masks.numpy(), classes, strict=True):
+        prediction[mask] = label
+    return prediction
 
 
 class ProposalSource:
@@ -204,9 +216,11 @@ class Benchmark:
                     probabilities = ensemble_with_generator(probabilities, proposals, self.columns,
                                                             config.ensemble_lambda)
                 if region_classes is not None:
-                    region_hits[model.label] += int((probabilities.argmax(1).numpy() == region_classes).sum())
-                    probabilities = torch.nn.functional.one_hot(probabilities.argmax(1), len(names)).float()
-                matrices[model.label].update(paint(masks, probabilities), sample.labels)
+                    predicted = probabilities.argmax(1).numpy()
+                    region_hits[model.label] += int((predicted == region_classes).sum())
+                    matrices[model.label].update(paint_disjoint(masks, predicted), sample.labels)
+                else:
+                    matrices[model.label].update(paint(masks, probabilities), sample.labels)
             images += 1
             bar.update(1)
         bar.close()

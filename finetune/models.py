@@ -4,6 +4,7 @@ folder (which knows its base model, its finetuned weights and its prompts)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from dataengine.clip import ClipModel, NounEmbeddings, load_clip, parse_clip_spe
 from dataengine.config import ConfigError
 
 from .mpt import MaskPromptedViT, wrap_with_prompts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,14 +42,16 @@ class EvalModel:
         return F.normalize(features.float(), dim=-1)
 
 
-def describe_run(folder: Path) -> tuple[str, str | None]:
-    """A finetune run folder -> (clip spec with its finetuned weights, prompt file or None)."""
-    summary = folder / "train.json"
-    config = json.loads(summary.read_text())["config"]
-    name, _ = parse_clip_spec(config["clip"])
+def describe_run(folder: Path) -> tuple[str, str | None, int]:
+    """A finetune run folder -> (clip spec with its finetuned weights, prompt file or None, seed)."""
+    summary = json.loads((folder / "train.json").read_text())
+    config = summary["config"]
+    if not summary.get("finished"):
+        log.warning("%s is an unfinished training run: evaluating its latest saved weights and prompts", folder)
+    name = summary.get("architecture") or parse_clip_spec(config["clip"])[0]
     spec = f"{name}@{folder / 'model.pt'}" if (folder / "model.pt").exists() else config["clip"]
     prompts = folder / "prompts.pt"
-    return spec, str(prompts) if prompts.exists() else None
+    return spec, str(prompts) if prompts.exists() else None, int(config.get("seed", 0))
 
 
 def load_eval_model(label: str, spec: str, prompts: str | None, device: str, seed: int = 0) -> EvalModel:
@@ -55,7 +60,7 @@ def load_eval_model(label: str, spec: str, prompts: str | None, device: str, see
     if folder.is_dir():
         if not (folder / "train.json").exists():
             raise ConfigError(f"--model {label}: {folder} is not a finetune output folder (no train.json)")
-        spec, run_prompts = describe_run(folder)
+        spec, run_prompts, seed = describe_run(folder)
         prompts = prompts or run_prompts
     clip = load_clip(spec, device, seed=seed)
     wrapper = None

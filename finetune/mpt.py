@@ -37,6 +37,9 @@ def check_vit(visual, depth: int) -> None:
                        f"{type(visual).__name__}")
     if not isinstance(visual.patch_dropout, nn.Identity):
         raise MPTError("mask prompt tuning needs patch_dropout = 0 (dropped tokens lose their patch positions)")
+    if getattr(visual.transformer, "grad_checkpointing", False):
+        raise MPTError("mask prompt tuning does not work with gradient checkpointing (the recomputed blocks "
+                       "would run without the prompts)")
     blocks = len(visual.transformer.resblocks)
     if not 1 <= depth <= blocks:
         raise MPTError(f"mask prompt depth must be 1..{blocks} for this tower, got {depth}")

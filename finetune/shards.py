@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import io
 import itertools
+import logging
 import math
 import random
 import tarfile
@@ -33,6 +34,8 @@ from PIL import Image
 from dataengine.config import ConfigError
 
 FILL_TOLERANCE = 16  # JPEG noise on the mean-coloured background of mask-less crops
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+log = logging.getLogger(__name__)
 
 
 class ShardError(ConfigError):
@@ -72,7 +75,7 @@ def shard_nouns(shard: str) -> list[str]:
     if index.exists():
         import pyarrow.parquet as pq
 
-        return pq.read_table(index, columns=["noun"]).column("noun").to_pylist()
+        return [noun.strip() for noun in pq.read_table(index, columns=["noun"]).column("noun").to_pylist()]
     nouns = []
     with tarfile.open(shard) as tar:
         for member in tar:
@@ -118,7 +121,12 @@ def batches_in_epoch(counts: list[int], seed: int, epoch: int, workers: int, bat
 
 @dataclass
 class PairStream(torch.utils.data.IterableDataset):
-    """Batches of {"images", "masks", "labels", "nouns", "worker", "keys"} for one epoch."""
+    """Batches of {"images", "masks", "labels", "nouns", "keys", "worker", "samples"} for one epoch.
+
+    `samples` counts the raw samples a batch used up (an undecodable one is skipped with a
+    warning but still counted, so that a resumed run skips past it too). `first_worker` rotates
+    which logical worker the loader's worker 0 plays, so that a resumed epoch continues the
+    round-robin where it stopped."""
 
     shards: list[str]
     vocabulary: list[str]
@@ -129,7 +137,8 @@ class PairStream(torch.utils.data.IterableDataset):
     seed: int = 0
     epoch: int = 0
     shuffle_buffer: int = 2000
-    skip: dict[int, int] = field(default_factory=dict)  # loader worker -> samples already consumed
+    skip: dict[int, int] = field(default_factory=dict)  # logical worker -> samples already consumed
+    first_worker: int = 0
 
     def __post_init__(self):
         super().__init__()
@@ -138,20 +147,30 @@ class PairStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        worker = (worker + self.first_worker) % workers
         mine = deal_shards(self.shards, self.seed, self.epoch, workers)[worker]
         if not mine:
             return
         samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": url} for url in mine])
-        samples = (s for s in samples if "jpg" in s and "txt" in s)
+        samples = (s for s in samples if "txt" in s and any(ext in s for ext in IMAGE_EXTENSIONS))
         if self.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed}-{self.epoch}-{worker}")
             samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
         samples = itertools.islice(samples, self.skip.get(worker, 0), None)
         for chunk in _chunks(samples, self.batch_size):
-            yield self._collate([self._decode(sample) for sample in chunk], worker)
+            decoded = [d for d in map(self._decode_or_skip, chunk) if d is not None]
+            yield {**self._collate(decoded), "worker": worker, "samples": len(chunk)}
+
+    def _decode_or_skip(self, sample: dict) -> dict | None:
+        try:
+            return self._decode(sample)
+        except (OSError, ValueError, SyntaxError) as error:
+            log.warning("skipping undecodable pair %s: %s: %s", sample.get("__key__"), type(error).__name__, error)
+            return None
 
     def _decode(self, sample: dict) -> dict:
-        with Image.open(io.BytesIO(sample["jpg"])) as image:
+        data = next(sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample)
+        with Image.open(io.BytesIO(data)) as image:
             rgb = np.asarray(image.convert("RGB"))
         pixels = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
         if "mask.png" in sample:
@@ -166,17 +185,23 @@ class PairStream(torch.utils.data.IterableDataset):
         fill = torch.tensor([round(255 * m) for m in self.mean], dtype=torch.int16)[:, None, None]
         return ((pixels.to(torch.int16) - fill).abs() > FILL_TOLERANCE).any(0)
 
-    def _collate(self, decoded: list[dict], worker: int) -> dict:
+    def _collate(self, decoded: list[dict]) -> dict:
         size = self.image_size
+        if not decoded:
+            return {"images": torch.zeros(0, 3, size, size), "masks": torch.zeros(0, size, size, dtype=torch.bool),
+                    "labels": torch.zeros(0, dtype=torch.long), "nouns": [], "keys": []}
+        unknown = [(d["key"], d["noun"]) for d in decoded if d["noun"] not in self.label_of]
+        if unknown:
+            raise ShardError(f"pair {unknown[0][0]}: noun {unknown[0][1]!r} is not in the corpus vocabulary "
+                             "(the shards changed since the run started?)")
         images = torch.stack([_resize(d["pixels"].float(), size, "bicubic") for d in decoded])
-        masks = torch.stack([_resize(d["mask"][None].float(), size, "nearest")[0] > 0.5 for d in decoded])
+        masks = torch.stack([_resize(d["mask"][None].float(), size, "nearest-exact")[0] > 0.5 for d in decoded])
         mean = torch.tensor(self.mean)[:, None, None]
         std = torch.tensor(self.std)[:, None, None]
         images = (images.clamp(0, 255) / 255.0 - mean) / std
         nouns = [d["noun"] for d in decoded]
-        labels = torch.tensor([self.label_of.get(noun, -1) for noun in nouns])
-        return {"images": images, "masks": masks, "labels": labels, "nouns": nouns,
-                "keys": [d["key"] for d in decoded], "worker": worker}
+        labels = torch.tensor([self.label_of[noun] for noun in nouns])
+        return {"images": images, "masks": masks, "labels": labels, "nouns": nouns, "keys": [d["key"] for d in decoded]}
 
 
 def _resize(tensor: torch.Tensor, size: int, mode: str) -> torch.Tensor:

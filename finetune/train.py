@@ -30,7 +30,7 @@ from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
 
 from .config import TrainConfig, TrainConfigError
 from .mpt import MaskPromptedViT, check_vit, save_prompts
-from .shards import Corpus, PairStream, batches_in_epoch, loader
+from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in_epoch, loader
 
 log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100)
@@ -73,6 +73,13 @@ class Phase:
     parameters: list
     lr: float
     weight_decay: float
+    exempt: set = field(default_factory=set)  # parameters without weight decay
+
+    def parameter_groups(self) -> list[dict]:
+        decayed = [p for p in self.parameters if id(p) not in self.exempt]
+        exempt = [p for p in self.parameters if id(p) in self.exempt]
+        return [group for group in ({"params": decayed, "weight_decay": self.weight_decay},
+                                    {"params": exempt, "weight_decay": 0.0}) if group["params"]]
 
     def encode(self, images, masks):
         return self.tower(images, masks) if isinstance(self.tower, MaskPromptedViT) else self.tower(images)
@@ -86,11 +93,17 @@ def build_phase(name: str, clip: ClipModel, config: TrainConfig) -> Phase:
         model.visual.train()
         model.logit_scale.requires_grad_(config.learn_logit_scale)
         params = [p for p in model.parameters() if p.requires_grad]
-        return Phase(name, model.visual, params, config.ft_lr, config.ft_weight_decay)
+        return Phase(name, model.visual, params, config.ft_lr, config.ft_weight_decay, _no_decay(model))
     model.eval()
     generator = torch.Generator().manual_seed(config.seed)
     prompts = MaskPromptedViT(model.visual, config.prompt_depth, config.prompt_init_std, generator).to(clip.device)
     return Phase(name, prompts, [prompts.prompts], config.mpt_lr, config.mpt_weight_decay)
+
+
+def _no_decay(model) -> set:
+    """As open_clip's trainer: gains, biases, norms and the logit scale take no weight decay."""
+    return {id(p) for n, p in model.named_parameters()
+            if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n}
 
 
 def warmup_cosine(total: int, warmup: float):
@@ -113,6 +126,8 @@ class Trainer:
         self.config = config
         self.out = Path(config.out)
         self.device = resolve_device(config.device)
+        if self.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(self.device))  # pinned memory and autocast follow it
         self.corpus = Corpus.scan(config.shards)
         self.state = self._load_or_start(resume)
         self.clip = load_clip(config.clip, self.device, seed=config.seed)
@@ -129,7 +144,7 @@ class Trainer:
             if checkpoint.exists():
                 raise TrainConfigError(f"--out: {self.out} already holds a training run; pass --resume to "
                                        "continue it, or choose another folder")
-            return {"phase": 0, "epoch": 0, "step": 0, "consumed": {}, "global_step": 0}
+            return {"phase": 0, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0, "global_step": 0}
         if not checkpoint.exists():
             raise TrainConfigError(f"--resume: no checkpoint at {checkpoint}")
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -138,7 +153,15 @@ class Trainer:
         changed = self.config.differences(saved["config"])
         if changed:
             raise TrainConfigError(f"--resume: settings differ from the saved run's: {', '.join(changed)}")
+        self._truncate_log(saved["global_step"])
         return saved
+
+    def _truncate_log(self, step: int) -> None:
+        """Steps logged after the checkpoint will be run again: their lines go."""
+        path = self.out / "log.jsonl"
+        if path.exists():
+            lines = [line for line in path.read_text().splitlines() if _logged_step(line) <= step]
+            path.write_text("".join(line + "\n" for line in lines))
 
     def _text_embeddings(self) -> torch.Tensor:
         cache = self.out / "text_embeddings.pt"
@@ -160,28 +183,45 @@ class Trainer:
         return [math.ceil(batches_in_epoch(self.corpus.counts, config.seed, epoch, config.workers, config.batch_size)
                           / config.accumulate) for epoch in range(config.epochs)]
 
-    def _stream(self, epoch: int, skip: dict) -> PairStream:
+    def _stream(self, epoch: int, skip: dict, first_worker: int) -> PairStream:
         clip, config = self.clip, self.config
         return PairStream(self.corpus.shards, self.corpus.vocabulary, clip.image_size, clip.mean, clip.std,
-                          config.batch_size, config.seed, epoch, config.shuffle_buffer, skip)
+                          config.batch_size, config.seed, epoch, config.shuffle_buffer, skip, first_worker)
 
     # ---- training
 
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
-        summary = {"config": self.config.to_dict(), "corpus": {"shards": len(self.corpus.shards),
-                   "pairs": self.corpus.size, "nouns": len(self.corpus.vocabulary)}, "phases": []}
+        summary = self._summary()
         for index, name in enumerate(self.config.phases):
             if index < self.state["phase"]:
                 self._restore_finished_phase(name)
                 continue
             result = self._run_phase(index, name)
             summary["phases"].append(result)
-            if result.get("stopped"):
+            self._write_summary(summary)
+            if result["stopped"]:
                 break
-        summary["finished"] = not (summary["phases"] and summary["phases"][-1].get("stopped"))
-        (self.out / "train.json").write_text(json.dumps(summary, indent=2))
+        summary["finished"] = self.state["phase"] >= len(self.config.phases)
+        self._write_summary(summary)
         return summary
+
+    def _summary(self) -> dict:
+        """train.json, written before the first step (so that a run is recognisable however it ends)
+        and after every phase; a resumed run appends to the phases already recorded."""
+        path = self.out / "train.json"
+        previous = json.loads(path.read_text()).get("phases", []) if path.exists() else []
+        summary = {"config": self.config.to_dict(), "architecture": self.clip.architecture,
+                   "corpus": {"shards": len(self.corpus.shards), "pairs": self.corpus.size,
+                              "nouns": len(self.corpus.vocabulary)},
+                   "phases": previous, "finished": False}
+        self._write_summary(summary)
+        return summary
+
+    def _write_summary(self, summary: dict) -> None:
+        tmp = self.out / "train.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, self.out / "train.json")
 
     def _restore_finished_phase(self, name: str) -> None:
         if name == "ft":
@@ -190,14 +230,14 @@ class Trainer:
     def _run_phase(self, index: int, name: str) -> dict:
         config = self.config
         phase = build_phase(name, self.clip, config)
-        optimizer = torch.optim.AdamW(phase.parameters, lr=phase.lr, weight_decay=phase.weight_decay)
+        optimizer = torch.optim.AdamW(phase.parameter_groups(), lr=phase.lr)
         steps_per_epoch = self.steps_in_phase()
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(sum(steps_per_epoch), config.warmup))
         resuming = self.state["phase"] == index and self.state.get("trainable") is not None
         if resuming:
             self._restore(phase, optimizer, schedule)
         else:
-            self.state.update({"phase": index, "epoch": 0, "step": 0, "consumed": {}})
+            self.state.update({"phase": index, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0})
         bar = tqdm(total=sum(steps_per_epoch), initial=self.state["step"], desc=f"{name}", unit="step",
                    disable=not config.progress, dynamic_ncols=True)
         self.meter = Meter()
@@ -209,9 +249,9 @@ class Trainer:
                     self._checkpoint(phase, optimizer, schedule)
                     bar.close()
                     return self._phase_summary(name, loss, stopped=True)
-            self.state.update({"epoch": self.state["epoch"] + 1, "consumed": {}})
+            self.state.update({"epoch": self.state["epoch"] + 1, "consumed": {}, "next_worker": 0})
         bar.close()
-        self.state.update({"phase": index + 1, "epoch": 0, "step": 0, "consumed": {}})
+        self.state.update({"phase": index + 1, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0})
         self._save_results(phase)
         self._checkpoint(phase, optimizer, schedule, finished=True)
         return self._phase_summary(name, self.meter.last_loss, stopped=False)
@@ -223,12 +263,17 @@ class Trainer:
         """Yields the loss of each optimizer step; checkpoints every `checkpoint_every` steps."""
         config = self.config
         consumed = {int(k): v for k, v in self.state["consumed"].items()}
-        stream = self._stream(self.state["epoch"], consumed)
+        fresh = not consumed
+        stream = self._stream(self.state["epoch"], consumed, self.state.get("next_worker", 0))
+        workers = max(1, config.workers)
         pending, losses, count = 0, [], 0
         for batch in loader(stream, config.workers, pin_memory=self.device.startswith("cuda")):
+            consumed[batch["worker"]] = consumed.get(batch["worker"], 0) + batch["samples"]
+            self.state["next_worker"] = (batch["worker"] + 1) % workers
+            if not batch["nouns"]:  # every pair of the batch was undecodable (each logged)
+                continue
             loss = self._loss(phase, batch) / config.accumulate
             loss.backward()
-            consumed[batch["worker"]] = consumed.get(batch["worker"], 0) + len(batch["nouns"])
             pending, count = pending + 1, count + len(batch["nouns"])
             losses.append(loss.item() * config.accumulate)
             if pending == config.accumulate:
@@ -236,8 +281,12 @@ class Trainer:
                 yield self._step(phase, optimizer, schedule, consumed, losses)
                 pending, losses, count = 0, [], 0
         if pending:
+            _rescale_gradients(phase.parameters, config.accumulate / pending)  # a short last group
             self.meter.pairs += count
             yield self._step(phase, optimizer, schedule, consumed, losses)
+        if fresh and not consumed:
+            raise ShardError(f"epoch {self.state['epoch']} gave no pairs: the shards hold no image "
+                             f"({'/'.join(IMAGE_EXTENSIONS)}) + txt samples")
 
     def _step(self, phase: Phase, optimizer, schedule, consumed: dict, losses: list) -> float:
         if self.config.grad_clip:
@@ -348,6 +397,20 @@ class Meter:
     @property
     def rate(self) -> float:
         return self.pairs / max(self.seconds, 1e-9)
+
+
+def _rescale_gradients(parameters, factor: float) -> None:
+    for parameter in parameters:
+        if parameter.grad is not None:
+            parameter.grad.mul_(factor)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a log line; a line cut short by a crash counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _atomic_save(obj, path: Path) -> None:

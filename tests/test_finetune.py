@@ -11,7 +11,7 @@ from pairs import write_pair_shards
 
 from finetune.config import TrainConfig, TrainConfigError
 from finetune.mpt import masked_patches
-from finetune.shards import Corpus, PairStream
+from finetune.shards import Corpus, PairStream, ShardError
 from finetune.train import Trainer, clip_loss, train, vocabulary_loss
 
 
@@ -90,7 +90,7 @@ def test_a_few_hundred_steps_overfit_a_small_set(shards, tmp_path, mode, lr, fac
     assert end < factor * start, (start, end)
 
 
-@pytest.mark.parametrize("mode,stop", [("mpt", 5), ("ft", 3), ("ft+mpt", 8)])
+@pytest.mark.parametrize("mode,stop", [("mpt", 5), ("ft", 3), ("ft+mpt", 8), ("ft+mpt", 15), ("ft+mpt", 12)])
 def test_resume_continues_the_same_run(shards, tmp_path, mode, stop):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     overrides = dict(mode=mode, ft_lr=1e-3, checkpoint_every=2)
@@ -108,6 +108,52 @@ def test_resume_continues_the_same_run(shards, tmp_path, mode, stop):
             a, b = torch.load(whole / name, weights_only=True), torch.load(parts / name, weights_only=True)
             a, b = (a["prompts"], b["prompts"]) if name == "prompts.pt" else (a, b)
             assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else all(torch.equal(a[k], b[k]) for k in a))
+
+
+def test_resume_after_a_crash_between_checkpoints(shards, tmp_path, monkeypatch):
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    overrides = dict(mode="ft+mpt", ft_lr=1e-3, checkpoint_every=4)
+    train(tiny(shards, whole, **overrides))
+    original = Trainer._log
+
+    def crash_at_step_14(self, *args):
+        original(self, *args)
+        if self.state["global_step"] == 14:  # logged, not yet checkpointed (the last checkpoint is step 12)
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(Trainer, "_log", crash_at_step_14)
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(tiny(shards, crashed, **overrides))
+    monkeypatch.setattr(Trainer, "_log", original)
+    assert train(tiny(shards, crashed, **overrides), resume=True)["finished"]
+    assert _losses(crashed) == _losses(whole)  # the steps after the checkpoint were redone, logged once
+    a, b = (torch.load(folder / "prompts.pt", weights_only=True)["prompts"] for folder in (whole, crashed))
+    assert torch.equal(a, b)
+
+
+def test_resume_with_loader_workers_continues_the_same_run(shards, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    overrides = dict(mode="mpt", workers=2, batch_size=5, accumulate=2, checkpoint_every=3)
+    train(tiny(shards, whole, **overrides))
+    train(tiny(shards, parts, max_steps=3, **overrides))  # stops mid-epoch after an odd number of batches
+    train(tiny(shards, parts, **overrides), resume=True)
+    assert _losses(parts) == pytest.approx(_losses(whole), abs=1e-6)
+
+
+def test_bad_pairs_are_skipped_with_a_warning_and_empty_shard_sets_refused(tmp_path, caplog):
+    import webdataset as wds
+
+    write_pair_shards(tmp_path / "ok", pairs=8, per_shard=8)
+    with wds.ShardWriter(str(tmp_path / "ok" / "pairs-000001-%d.tar"), maxcount=10, verbose=0) as sink:
+        sink.write({"__key__": "broken_n0000", "jpg": b"not a jpeg", "txt": "square"})
+    summary = train(tiny(str(tmp_path / "ok" / "*.tar"), tmp_path / "run", epochs=1, mode="mpt"))
+    assert summary["finished"] and summary["phases"][0]["pairs"] == 8
+    assert "broken_n0000" in caplog.text
+    (tmp_path / "noimages").mkdir()
+    with wds.ShardWriter(str(tmp_path / "noimages" / "pairs-%06d.tar"), maxcount=10, verbose=0) as sink:
+        sink.write({"__key__": "a_n0000", "bmp": b"x", "txt": "square"})
+    with pytest.raises(ShardError, match="no image"):
+        train(tiny(str(tmp_path / "noimages"), tmp_path / "run2", epochs=1, mode="mpt"))
 
 
 def test_loader_workers_see_every_pair_once_per_epoch(shards):

@@ -179,3 +179,12 @@ def test_features_are_bit_identical_whatever_shares_the_forward(tiny_clip):
     alone = RegionMatcher(tiny_clip, MatchConfig(batch_size=8)).region_features([sample])[0]
     after = RegionMatcher(tiny_clip, MatchConfig(batch_size=8)).region_features([other, sample])[1]
     assert torch.equal(alone, after)
+
+
+def test_openai_weights_get_the_quick_gelu_they_were_trained_with():
+    from dataengine.clip import _trained_with_quick_gelu
+
+    assert _trained_with_quick_gelu("ViT-B-16", "openai")
+    assert not _trained_with_quick_gelu("ViT-B-16", "laion2b_s34b_b88k")
+    assert not _trained_with_quick_gelu("ViT-B-16-quickgelu", "openai")
+    assert not _trained_with_quick_gelu("dataengine-tiny", None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.benchmark import ensemble, paint, tight_boxes
+from finetune.benchmark import ensemble, paint, paint_disjoint, tight_boxes
 from finetune.datasets import IGNORE
 from finetune.metrics import ConfusionMatrix
 
@@ -57,6 +57,8 @@ def test_paint_sums_mask_probabilities_and_leaves_uncovered_pixels_unpredicted()
     probabilities = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
     # pixel (0, 1): class 0 gets 0.9 + 0.3, class 1 gets 0.1 + 0.7 -> class 0
     assert paint(masks, probabilities).tolist() == [[0, 0, 1], [-1, -1, -1]]
+    assert paint(masks, probabilities, chunk=2).tolist() == [[0, 0, 1], [-1, -1, -1]]  # chunks change nothing
+    assert paint_disjoint(masks[:1], np.array([1])).tolist() == [[1, 1, -1], [-1, -1, -1]]
 
 
 def test_tight_boxes_and_ensemble():

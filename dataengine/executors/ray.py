@@ -197,23 +197,40 @@ class RayExecutor:
         )
 
     def run(self, source, shards: list[ShardSpec], writer, progress) -> None:
+        """Streams the shards through Ray and writes each one as soon as it is complete. Losing an
+        actor or a node can surface here despite Ray's own retries (an actor task caught mid-stream
+        on a dead node is not retried by Ray Data): the unfinished shards then go round again, a
+        bounded number of times, keeping the samples already received."""
         if not shards:
             return
         spec_of = {spec.shard: spec for spec in shards}
         pending: dict[int, dict[int, Sample]] = {spec.shard: {} for spec in shards}
-        for batch in self.dataset(shards).iter_batches(batch_size=None, batch_format="numpy"):
-            samples = [sample for sample in _unpack(batch) if sample.shard in pending]  # late repeats: written
-            progress.images(samples)
-            for sample in samples:
-                pending[sample.shard][sample.index] = sample  # keyed: a retried batch cannot duplicate
-                if len(pending[sample.shard]) == spec_of[sample.shard].size:
-                    done = pending.pop(sample.shard)
-                    writer.write_shard(sample.shard, [done[index] for index in sorted(done)])
-                    progress.shard_done()
+        for attempt in range(self.config.ray.max_retries + 1):
+            try:
+                self._stream(spec_of, pending, writer, progress)
+                break
+            except _system_errors() as error:
+                if attempt == self.config.ray.max_retries:
+                    raise
+                log.warning("Ray lost a worker (%s); redoing the %d unfinished shards", type(error).__name__,
+                            len(pending))
         if pending:
             missing = {shard: spec_of[shard].size - len(samples) for shard, samples in pending.items()}
             raise RuntimeError(f"Ray returned incomplete shards (shard: samples missing): {missing}; the finished "
                                "shards are kept, rerun the same command to redo the others")
+
+    def _stream(self, spec_of: dict[int, ShardSpec], pending: dict, writer, progress) -> None:
+        for batch in self.dataset([spec_of[shard] for shard in pending]).iter_batches(batch_size=None,
+                                                                                       batch_format="numpy"):
+            samples = [sample for sample in _unpack(batch)
+                       if sample.shard in pending and sample.index not in pending[sample.shard]]  # repeats: no-ops
+            progress.images(samples)
+            for sample in samples:
+                pending[sample.shard][sample.index] = sample
+                if len(pending[sample.shard]) == spec_of[sample.shard].size:
+                    done = pending.pop(sample.shard)
+                    writer.write_shard(sample.shard, [done[index] for index in sorted(done)])
+                    progress.shard_done()
 
     def close(self) -> None:
         import ray
@@ -224,3 +241,11 @@ class RayExecutor:
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
+
+
+def _system_errors() -> tuple[type[BaseException], ...]:
+    """Ray's errors for lost actors, workers, nodes and objects (never a stage's own exception)."""
+    from ray import exceptions
+
+    return (exceptions.RayActorError, exceptions.NodeDiedError, exceptions.WorkerCrashedError,
+            exceptions.ObjectLostError, exceptions.OwnerDiedError)

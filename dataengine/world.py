@@ -1,0 +1,373 @@
+"""A controlled world: procedurally drawn scenes with exact ground truth, in COCO format.
+
+Each scene has one or two "stuff" regions (textured backgrounds: grass, sand, water, wall, sky)
+and 1 to 4 "thing" icons from a vocabulary of 24 object nouns, with varied colour, size, position,
+rotation and partial occlusion (later objects cover earlier ones). Captions come from varied
+templates: they mention some objects and the stuff, sometimes with counts and colours, sometimes
+with non-visual nouns ("a picture of", "on top of") and sometimes with objects that are not in
+the scene, like real captions. Every caption records which of its words refer to which instance.
+
+`generate_world(out, scenes, seed)` writes, for each split (`train`, `heldout`):
+
+    OUT/<split>/images/<id>.jpg
+    OUT/<split>/captions.json    COCO captions format
+    OUT/<split>/instances.json   COCO instances format (RLE masks; things and stuff, isthing 1/0)
+    OUT/<split>/references.json  per caption: [start, end, noun, instance ids or [] if absent]
+    OUT/world.json               vocabulary, unseen nouns, seed, counts
+
+The engine reads a split unchanged (`--source coco`). A fixed subset of nouns is "unseen": the
+world's captions mention it like any other (the small CLIP learns it from captions), but
+ground-truth-label training sets built from the world leave it out (see `world.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+THINGS = ("ball", "box", "star", "ring", "cross", "heart", "moon", "arrow", "tree", "house", "car", "cup",
+          "kite", "umbrella", "flag", "hat", "fish", "bottle", "leaf", "mushroom", "bell", "lamp", "key", "chair")
+STUFF = ("grass", "sand", "water", "wall", "sky")
+UNSEEN = ("kite", "bell", "mushroom", "key", "lamp", "fish")  # excluded from ground-truth-label training
+COLOURS = {"red": (205, 40, 40), "green": (40, 160, 60), "blue": (45, 70, 210), "yellow": (235, 210, 40),
+           "orange": (240, 140, 30), "purple": (140, 60, 180), "white": (245, 245, 245), "black": (25, 25, 25)}
+PLURALS = {"box": "boxes", "cross": "crosses", "fish": "fish", "leaf": "leaves"}
+NUMBERS = {2: "two", 3: "three", 4: "four"}
+CANVAS = 64  # icons are drawn at this size, then rotated and scaled into the scene
+
+
+# ---------------------------------------------------------------- icons
+
+
+def _polygon(draw, points, scale=CANVAS):
+    draw.polygon([(x * scale, y * scale) for x, y in points], fill=255)
+
+
+def _star(draw, points=5, inner=0.4):
+    corners = []
+    for i in range(points * 2):
+        radius = 0.48 if i % 2 == 0 else 0.48 * inner
+        angle = math.pi * i / points - math.pi / 2
+        corners.append((0.5 + radius * math.cos(angle), 0.5 + radius * math.sin(angle)))
+    _polygon(draw, corners)
+
+
+def _draw_icon(draw: ImageDraw.ImageDraw, noun: str) -> None:
+    """Draws the noun's silhouette (255 on 0) on a CANVAS x CANVAS mask."""
+    s = CANVAS
+    box = lambda x0, y0, x1, y1: (x0 * s, y0 * s, x1 * s, y1 * s)  # noqa: E731
+    if noun == "ball":
+        draw.ellipse(box(0.05, 0.05, 0.95, 0.95), fill=255)
+    elif noun == "box":
+        draw.rectangle(box(0.1, 0.25, 0.9, 0.9), fill=255)
+        _polygon(draw, [(0.1, 0.25), (0.3, 0.08), (0.95, 0.08), (0.9, 0.25)])
+    elif noun == "star":
+        _star(draw)
+    elif noun == "ring":
+        draw.ellipse(box(0.05, 0.05, 0.95, 0.95), fill=255)
+        draw.ellipse(box(0.3, 0.3, 0.7, 0.7), fill=0)
+    elif noun == "cross":
+        draw.rectangle(box(0.38, 0.05, 0.62, 0.95), fill=255)
+        draw.rectangle(box(0.05, 0.38, 0.95, 0.62), fill=255)
+    elif noun == "heart":
+        draw.ellipse(box(0.05, 0.1, 0.52, 0.55), fill=255)
+        draw.ellipse(box(0.48, 0.1, 0.95, 0.55), fill=255)
+        _polygon(draw, [(0.07, 0.42), (0.93, 0.42), (0.5, 0.95)])
+    elif noun == "moon":
+        draw.ellipse(box(0.05, 0.05, 0.95, 0.95), fill=255)
+        draw.ellipse(box(0.3, 0.0, 1.1, 0.8), fill=0)
+    elif noun == "arrow":
+        draw.rectangle(box(0.05, 0.4, 0.6, 0.6), fill=255)
+        _polygon(draw, [(0.55, 0.15), (0.95, 0.5), (0.55, 0.85)])
+    elif noun == "tree":
+        _polygon(draw, [(0.5, 0.02), (0.9, 0.72), (0.1, 0.72)])
+        draw.rectangle(box(0.42, 0.7, 0.58, 0.98), fill=255)
+    elif noun == "house":
+        draw.rectangle(box(0.15, 0.45, 0.85, 0.95), fill=255)
+        _polygon(draw, [(0.05, 0.48), (0.5, 0.08), (0.95, 0.48)])
+        draw.rectangle(box(0.42, 0.7, 0.58, 0.95), fill=0)
+    elif noun == "car":
+        draw.rectangle(box(0.05, 0.45, 0.95, 0.75), fill=255)
+        _polygon(draw, [(0.25, 0.45), (0.35, 0.22), (0.68, 0.22), (0.78, 0.45)])
+        draw.ellipse(box(0.15, 0.65, 0.37, 0.87), fill=255)
+        draw.ellipse(box(0.63, 0.65, 0.85, 0.87), fill=255)
+    elif noun == "cup":
+        _polygon(draw, [(0.15, 0.15), (0.7, 0.15), (0.62, 0.92), (0.23, 0.92)])
+        draw.ellipse(box(0.58, 0.3, 0.95, 0.7), fill=255)
+        draw.ellipse(box(0.68, 0.4, 0.85, 0.6), fill=0)
+    elif noun == "kite":
+        _polygon(draw, [(0.5, 0.02), (0.85, 0.4), (0.5, 0.98), (0.15, 0.4)])
+    elif noun == "umbrella":
+        draw.pieslice(box(0.05, 0.1, 0.95, 0.9), 180, 360, fill=255)
+        draw.rectangle(box(0.47, 0.48, 0.53, 0.92), fill=255)
+        draw.rectangle(box(0.3, 0.86, 0.53, 0.92), fill=255)
+    elif noun == "flag":
+        draw.rectangle(box(0.1, 0.05, 0.18, 0.95), fill=255)
+        _polygon(draw, [(0.18, 0.07), (0.92, 0.27), (0.18, 0.5)])
+    elif noun == "hat":
+        draw.rectangle(box(0.05, 0.68, 0.95, 0.8), fill=255)
+        draw.rectangle(box(0.25, 0.2, 0.75, 0.7), fill=255)
+    elif noun == "fish":
+        draw.ellipse(box(0.05, 0.25, 0.7, 0.75), fill=255)
+        _polygon(draw, [(0.62, 0.5), (0.95, 0.2), (0.95, 0.8)])
+    elif noun == "bottle":
+        draw.rectangle(box(0.3, 0.38, 0.7, 0.95), fill=255)
+        _polygon(draw, [(0.3, 0.4), (0.42, 0.22), (0.58, 0.22), (0.7, 0.4)])
+        draw.rectangle(box(0.42, 0.05, 0.58, 0.25), fill=255)
+    elif noun == "leaf":
+        draw.chord(box(0.05, 0.05, 0.95, 1.25), 225, 315, fill=255)
+        draw.chord(box(0.05, -0.25, 0.95, 0.95), 45, 135, fill=255)
+    elif noun == "mushroom":
+        draw.pieslice(box(0.05, 0.1, 0.95, 0.9), 180, 360, fill=255)
+        draw.rectangle(box(0.38, 0.48, 0.62, 0.95), fill=255)
+    elif noun == "bell":
+        draw.pieslice(box(0.2, 0.05, 0.8, 0.65), 180, 360, fill=255)
+        _polygon(draw, [(0.2, 0.35), (0.8, 0.35), (0.95, 0.8), (0.05, 0.8)])
+        draw.ellipse(box(0.42, 0.75, 0.58, 0.95), fill=255)
+    elif noun == "lamp":
+        _polygon(draw, [(0.3, 0.05), (0.7, 0.05), (0.9, 0.4), (0.1, 0.4)])
+        draw.rectangle(box(0.46, 0.4, 0.54, 0.85), fill=255)
+        draw.rectangle(box(0.25, 0.85, 0.75, 0.95), fill=255)
+    elif noun == "key":
+        draw.ellipse(box(0.05, 0.3, 0.45, 0.7), fill=255)
+        draw.ellipse(box(0.17, 0.42, 0.33, 0.58), fill=0)
+        draw.rectangle(box(0.4, 0.45, 0.95, 0.55), fill=255)
+        draw.rectangle(box(0.75, 0.55, 0.82, 0.7), fill=255)
+        draw.rectangle(box(0.87, 0.55, 0.94, 0.66), fill=255)
+    elif noun == "chair":
+        draw.rectangle(box(0.2, 0.05, 0.32, 0.95), fill=255)
+        draw.rectangle(box(0.2, 0.5, 0.8, 0.6), fill=255)
+        draw.rectangle(box(0.68, 0.5, 0.8, 0.95), fill=255)
+    else:
+        raise ValueError(f"no drawing for {noun!r}")
+
+
+def icon_mask(noun: str, size: int, angle: float) -> np.ndarray:
+    """The noun's silhouette, rotated by `angle` degrees, in a size x size bool array."""
+    canvas = Image.new("L", (CANVAS, CANVAS), 0)
+    _draw_icon(ImageDraw.Draw(canvas), noun)
+    rotated = canvas.rotate(angle, resample=Image.BILINEAR, expand=False)
+    return np.asarray(rotated.resize((size, size), Image.BILINEAR)) > 127
+
+
+# ---------------------------------------------------------------- stuff textures
+
+
+def stuff_texture(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 texture with the stuff's own colour and texture statistics."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    noise = rng.normal(0, 1, (height, width)).astype(np.float32)
+    if kind == "grass":
+        streaks = np.sin(xx * 1.7 + rng.uniform(0, 6)) * 0.5 + rng.normal(0, 1, (1, width))
+        base, amp = np.array([60, 150, 50]), 18 * (0.6 * noise + 0.8 * streaks)[..., None]
+    elif kind == "sand":
+        base, amp = np.array([215, 190, 135]), 10 * noise[..., None]
+    elif kind == "water":
+        waves = np.sin(yy * 0.6 + np.sin(xx * 0.15) * 2 + rng.uniform(0, 6))
+        base, amp = np.array([40, 100, 185]), (22 * waves + 6 * noise)[..., None]
+    elif kind == "wall":
+        row = (yy // 10).astype(int)
+        mortar = (yy % 10 < 2) | (((xx + (row % 2) * 10) % 20) < 2)
+        brick = np.where(mortar[..., None], np.array([190, 185, 175]), np.array([160, 60, 45]))
+        return np.clip(brick + 8 * noise[..., None], 0, 255).astype(np.uint8)
+    elif kind == "sky":
+        gradient = (yy / max(1, height - 1))[..., None]
+        return np.clip(np.array([110, 170, 235]) * (1 - 0.3 * gradient) + 60 * gradient + 3 * noise[..., None],
+                       0, 255).astype(np.uint8)
+    else:
+        raise ValueError(f"no texture for {kind!r}")
+    return np.clip(base + amp, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- scenes
+
+
+@dataclass
+class Instance:
+    id: int
+    noun: str
+    colour: str | None  # None for stuff
+    mask: np.ndarray  # visible part, (H, W) bool
+
+    @property
+    def is_thing(self) -> bool:
+        return self.colour is not None
+
+
+@dataclass
+class Scene:
+    image: np.ndarray
+    instances: list[Instance]
+    captions: list[str] = field(default_factory=list)
+    references: list[list] = field(default_factory=list)  # per caption: [start, end, noun, [instance ids]]
+
+
+def _stuff_layout(size: int, rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
+    """One stuff region, or two split by a wavy horizon (sky is only ever on top)."""
+    if rng.random() < 0.35:
+        kind = str(rng.choice([s for s in STUFF if s != "sky"]))
+        return [(kind, np.ones((size, size), dtype=bool))]
+    top, bottom = rng.choice(["sky", "wall"]), rng.choice(["grass", "sand", "water"])
+    yy, xx = np.mgrid[0:size, 0:size]
+    horizon = size * rng.uniform(0.3, 0.6) + size * 0.05 * np.sin(xx / size * rng.uniform(2, 6) + rng.uniform(0, 6))
+    upper = yy < horizon
+    return [(str(top), upper), (str(bottom), ~upper)]
+
+
+def make_scene(rng: np.random.Generator, size: int = 128) -> Scene:
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    instances: list[Instance] = []
+    for kind, region in _stuff_layout(size, rng):
+        image[region] = stuff_texture(kind, size, size, rng)[region]
+        instances.append(Instance(len(instances) + 1, kind, None, region.copy()))
+    count = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.2, 0.15]))
+    nouns = list(rng.choice(THINGS, size=count, replace=True))
+    if count >= 3 and rng.random() < 0.4:  # sometimes several of one kind, for counts in captions
+        nouns[1] = nouns[0]
+    for noun in nouns:
+        _place_thing(image, instances, str(noun), rng, size)
+    instances = [inst for inst in instances if inst.mask.sum() >= 20]  # fully covered ones are gone
+    return Scene(image, instances)
+
+
+def _place_thing(image, instances, noun, rng, size) -> None:
+    extent = int(rng.integers(size // 5, size // 2))
+    mask = icon_mask(noun, extent, float(rng.uniform(-35, 35)))
+    y0, x0 = (int(v) for v in rng.integers(0, size - extent, 2))
+    full = np.zeros((size, size), dtype=bool)
+    full[y0 : y0 + extent, x0 : x0 + extent] = mask
+    colour = str(rng.choice(list(COLOURS)))
+    shade = np.clip(np.array(COLOURS[colour]) + rng.integers(-15, 16, 3), 0, 255)
+    image[full] = shade
+    for other in instances:  # the new object occludes what is under it
+        other.mask &= ~full
+    instances.append(Instance(len(instances) + 1, noun, colour, full))
+
+
+# ---------------------------------------------------------------- captions
+
+
+def _plural(noun: str) -> str:
+    return PLURALS.get(noun, noun + "s")
+
+
+class CaptionWriter:
+    """Builds a caption piece by piece, recording where each noun is and what it refers to."""
+
+    def __init__(self):
+        self.text = ""
+        self.references: list[list] = []
+
+    def add(self, words: str) -> CaptionWriter:
+        self.text += words
+        return self
+
+    def noun(self, word: str, noun: str, instance_ids: list[int]) -> CaptionWriter:
+        self.references.append([len(self.text), len(self.text) + len(word), noun, instance_ids])
+        self.text += word
+        return self
+
+
+def _thing_phrase(writer: CaptionWriter, noun: str, ids: list[int], colour: str | None, rng) -> None:
+    if len(ids) > 1:
+        writer.add(f"{NUMBERS.get(len(ids), 'some')} ").noun(_plural(noun), noun, ids)
+        return
+    adjective = f"{colour} " if colour is not None and rng.random() < 0.6 else ""
+    article = "an" if (adjective or noun)[0] in "aeiou" else "a"
+    writer.add(f"{article} {adjective}").noun(noun, noun, ids)
+
+
+def write_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, list[list]]:
+    things: dict[str, list[Instance]] = {}
+    for inst in scene.instances:
+        if inst.is_thing:
+            things.setdefault(inst.noun, []).append(inst)
+    stuff = [inst for inst in scene.instances if not inst.is_thing]
+    writer = CaptionWriter()
+    opening = rng.choice(["", "a picture of ", "a photo of ", "an image showing ", "there is "])
+    writer.add(str(opening))
+    mentioned = list(things.items())
+    rng.shuffle(mentioned)
+    mentioned = mentioned[: int(rng.integers(1, len(mentioned) + 1))] if mentioned else []
+    for index, (noun, insts) in enumerate(mentioned):
+        if index:
+            writer.add(str(rng.choice([" and ", " next to ", " near ", " with "])))
+        colour = insts[0].colour if len(insts) == 1 else None
+        _thing_phrase(writer, noun, [i.id for i in insts], colour, rng)
+    if rng.random() < 0.2:  # like real captions: an object that is not there
+        absent = str(rng.choice([n for n in THINGS if n not in things]))
+        article = "an" if absent[0] in "aeiou" else "a"
+        writer.add(f" and {article} " if mentioned else f"{article} ").noun(absent, absent, [])
+    if stuff and rng.random() < 0.8:
+        region = stuff[int(rng.integers(len(stuff)))]
+        relation = str(rng.choice([" on the ", " on top of the ", " in front of the ", " by the ", " in the middle of the "]))
+        writer.add(relation).noun(region.noun, region.noun, [region.id])
+    if not writer.references:
+        writer.add("an empty scene with ").noun(stuff[0].noun, stuff[0].noun, [stuff[0].id])
+    return writer.text, writer.references
+
+
+# ---------------------------------------------------------------- files
+
+
+CATEGORIES = [{"id": i + 1, "name": n, "supercategory": "thing", "isthing": 1} for i, n in enumerate(THINGS)] + [
+    {"id": len(THINGS) + i + 1, "name": n, "supercategory": "stuff", "isthing": 0} for i, n in enumerate(STUFF)]
+CATEGORY_ID = {c["name"]: c["id"] for c in CATEGORIES}
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+
+
+def _write_split(folder: Path, scenes: list[tuple[int, Scene]]) -> None:
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images, captions, annotations, references = [], [], [], {}
+    for image_id, scene in scenes:
+        name = f"{image_id:06d}.jpg"
+        Image.fromarray(scene.image).save(folder / "images" / name, quality=95)
+        height, width = scene.image.shape[:2]
+        images.append({"id": image_id, "file_name": name, "height": height, "width": width})
+        for index, (text, refs) in enumerate(zip(scene.captions, scene.references, strict=True)):
+            caption_id = image_id * 10 + index
+            captions.append({"id": caption_id, "image_id": image_id, "caption": text})
+            references[str(caption_id)] = [[s, e, n, [image_id * 100 + i for i in ids]] for s, e, n, ids in refs]
+        for inst in scene.instances:
+            ys, xs = np.nonzero(inst.mask)
+            bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            annotations.append({"id": image_id * 100 + inst.id, "image_id": image_id, "category_id": CATEGORY_ID[inst.noun],
+                                "segmentation": _rle(inst.mask), "area": int(inst.mask.sum()), "bbox": bbox,
+                                "iscrowd": 0, "colour": inst.colour})
+    info = {"description": "dataengine controlled world"}
+    (folder / "captions.json").write_text(json.dumps({"info": info, "images": images, "annotations": captions}))
+    (folder / "instances.json").write_text(json.dumps({"info": info, "images": images, "annotations": annotations,
+                                                       "categories": CATEGORIES}))
+    (folder / "references.json").write_text(json.dumps(references))
+
+
+def generate_world(out: str | Path, scenes: int = 400, seed: int = 0, size: int = 128, heldout: float = 0.2,
+                   captions_per_scene: int = 3) -> dict:
+    """Generates `scenes` scenes (a `heldout` share of them in their own split). Same seed, same bytes."""
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    generated = []
+    for index in range(scenes):
+        scene = make_scene(rng, size)
+        for _ in range(captions_per_scene):
+            text, refs = write_caption(scene, rng)
+            scene.captions.append(text)
+            scene.references.append(refs)
+        generated.append((index + 1, scene))
+    cut = scenes - int(round(scenes * heldout))
+    _write_split(out / "train", generated[:cut])
+    _write_split(out / "heldout", generated[cut:])
+    meta = {"seed": seed, "size": size, "scenes": {"train": cut, "heldout": scenes - cut}, "things": list(THINGS),
+            "stuff": list(STUFF), "unseen": list(UNSEEN), "captions_per_scene": captions_per_scene}
+    (out / "world.json").write_text(json.dumps(meta, indent=2))
+    return meta

@@ -200,7 +200,8 @@ class Benchmark:
         config, names = self.config, self.dataset.classes
         text = {m.label: m.class_embeddings(names) for m in self.models}
         matrices = {m.label: ConfusionMatrix(len(names)) for m in self.models}
-        region_hits = dict.fromkeys(matrices, 0)
+        region_hits = {label: np.zeros(len(names), dtype=np.int64) for label in matrices}  # per true class
+        region_counts = np.zeros(len(names), dtype=np.int64)
         regions_total, images = 0, 0
         total = min(len(self.dataset), config.limit or len(self.dataset))
         started = time.perf_counter()
@@ -210,6 +211,8 @@ class Benchmark:
                 break
             masks, region_classes, proposals = self._regions(sample)
             regions_total += len(masks)
+            if region_classes is not None:
+                np.add.at(region_counts, region_classes, 1)
             for model in self.models:
                 probabilities = classify_regions(model, sample.image, masks, text[model.label], config.batch_size)
                 if self.columns is not None and proposals is not None:
@@ -217,14 +220,14 @@ class Benchmark:
                                                             config.ensemble_lambda)
                 if region_classes is not None:
                     predicted = probabilities.argmax(1).numpy()
-                    region_hits[model.label] += int((predicted == region_classes).sum())
+                    np.add.at(region_hits[model.label], region_classes[predicted == region_classes], 1)
                     matrices[model.label].update(paint_disjoint(masks, predicted), sample.labels)
                 else:
                     matrices[model.label].update(paint(masks, probabilities), sample.labels)
             images += 1
             bar.update(1)
         bar.close()
-        return self._report(matrices, region_hits, regions_total, images, time.perf_counter() - started)
+        return self._report(matrices, region_hits, region_counts, regions_total, images, time.perf_counter() - started)
 
     def _regions(self, sample: SegSample) -> tuple[torch.Tensor, np.ndarray | None, Proposals | None]:
         """(masks, their true classes for gt-masks, the generator's proposals for two-stage)."""
@@ -233,13 +236,17 @@ class Benchmark:
         masks, proposals = self.proposals.proposals(sample)
         return masks, None, proposals
 
-    def _report(self, matrices, region_hits, regions_total, images, seconds) -> dict:
+    def _report(self, matrices, region_hits, region_counts, regions_total, images, seconds) -> dict:
         config = self.config
         models = {}
         for model in self.models:
             result = matrices[model.label].results(self.dataset.classes)
             if config.protocol == "gt-masks":
-                result["region_accuracy"] = round(100 * region_hits[model.label] / max(1, regions_total), 4)
+                hits = region_hits[model.label]
+                result["region_accuracy"] = round(100 * hits.sum() / max(1, region_counts.sum()), 4)
+                result["per_class_region_accuracy"] = {
+                    name: round(100 * hits[c] / region_counts[c], 4)
+                    for c, name in enumerate(self.dataset.classes) if region_counts[c]}
             result["clip"] = model.clip.spec
             result["prompts"] = model.prompts is not None
             models[model.label] = result

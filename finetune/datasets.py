@@ -173,6 +173,35 @@ class COCOObject(SegDataset):
         return labels
 
 
+class WorldScenes(COCOObject):
+    """A split of dataengine's controlled world (`dataengine.world`): things and stuff, 29 classes."""
+
+    name = "world"
+
+    def __init__(self, root: str | Path):
+        from dataengine.world import STUFF, THINGS
+
+        self.root = Path(root).expanduser()
+        self.classes = list(THINGS + STUFF)
+        self.items = self._items()
+        if not self.items:
+            raise DatasetError(f"--root: no scenes under {self.root}")
+
+    def _items(self):
+        from pycocotools.coco import COCO
+
+        instances = self.root / "instances.json"
+        if not instances.exists():
+            raise DatasetError(f"--root: {instances} not found: is {self.root} a world split (train/ or heldout/)?")
+        self.images_folder = self.root / "images"
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.coco = COCO(str(instances))
+        names = {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
+        self.category_index = {cat: self.classes.index(name) for cat, name in names.items()}
+        return [(str(image_id), self.images_folder / self.coco.imgs[image_id]["file_name"], image_id)
+                for image_id in sorted(self.coco.getImgIds())]
+
+
 def _first_existing(root: Path, candidates: tuple[str, ...]) -> Path:
     for candidate in candidates:
         if (root / candidate).exists():
@@ -181,7 +210,8 @@ def _first_existing(root: Path, candidates: tuple[str, ...]) -> Path:
 
 
 DATASETS: dict[str, type[SegDataset]] = {cls.name: cls for cls in
-                                         (ADE150, ADE847, PascalContext59, PascalContext459, PascalVOC, COCOObject)}
+                                         (ADE150, ADE847, PascalContext59, PascalContext459, PascalVOC, COCOObject,
+                                          WorldScenes)}
 
 
 def open_dataset(name: str, root: str | Path) -> SegDataset:

@@ -25,8 +25,8 @@ def test_class_lists_have_their_sizes():
     sizes = {"ade20k-150": 150, "ade20k-847": 847, "pc-59": 59, "pc-459": 459, "voc": 20, "coco-object": 80}
     from finetune.datasets import class_names
 
-    for name, cls in DATASETS.items():
-        assert len(class_names(cls.classes_file)) == sizes[name]
+    for name, size in sizes.items():
+        assert len(class_names(DATASETS[name].classes_file)) == size
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))

@@ -149,7 +149,7 @@ def test_yaml_config_with_flag_overrides(capsys, tmp_path, coco_mini):
 
 
 def test_demo_runs_offline(capsys, tmp_path):
-    code, stdout, _ = run_cli(["demo", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
+    code, stdout, _ = run_cli(["demo", "--photos", "--out", str(tmp_path / "demo"), "--no-progress"], capsys)
     assert code == 0
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert manifest["counts"]["images"] == 18 and manifest["counts"]["pairs"] > 0

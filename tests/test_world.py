@@ -93,3 +93,22 @@ def test_the_engine_mines_the_world_unchanged(world, tmp_path, noun_extractor):
         "out": str(tmp_path / "corpus"), "limit": 8, "executor": "local", "progress": False})
     manifest = mine(config)
     assert manifest["counts"]["images"] == 8 and manifest["counts"]["pairs"] > 0
+
+
+def test_the_whole_loop_on_a_tiny_world(tmp_path):
+    """World -> mining with a CLIP -> MPT and finetune on ground-truth pairs -> held-out benchmark."""
+    from finetune.world_loop import LoopConfig, format_report, run_loop
+
+    config = LoopConfig(out=str(tmp_path / "loop"), train_scenes=16, heldout_scenes=8, clip="dataengine-world",
+                        proposals=("annotations", "classical"), modes=("mpt", "ft-gt"), epochs=1, batch_size=16,
+                        score_thresholds=(0.0,), margin_thresholds=(0.0,), progress=False)
+    report = run_loop(config)
+    assert 0 <= report["nouns"]["precision"] <= 100 and 0 <= report["nouns"]["recall"] <= 100
+    assert report["mining"]["annotations"]["pairs"] > 0
+    assert 0 <= report["proposal_recall"]["recall"] <= 100
+    rows = report["mining"]["annotations"]["precision"]
+    assert rows[0]["filter"] == "all pairs" and rows[0]["pairs"] == report["mining"]["annotations"]["pairs"]
+    for key in ("gt_masks", "two_stage"):
+        assert set(report[key]["models"]) == {"pretrained", "mpt", "ft-gt"}
+    assert "unseen" in format_report(report)
+    assert (tmp_path / "loop" / "world_report.json").exists()

@@ -247,6 +247,8 @@ class Benchmark:
                 result["per_class_region_accuracy"] = {
                     name: round(100 * hits[c] / region_counts[c], 4)
                     for c, name in enumerate(self.dataset.classes) if region_counts[c]}
+                result["per_class_regions"] = {name: [int(hits[c]), int(region_counts[c])]
+                                               for c, name in enumerate(self.dataset.classes) if region_counts[c]}
             result["clip"] = model.clip.spec
             result["prompts"] = model.prompts is not None
             models[model.label] = result

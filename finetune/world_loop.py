@@ -217,9 +217,10 @@ def evaluate(heldout: Path, runs: dict[str, str], protocol: str, progress: bool)
         for group, names in (("seen", SEEN), ("unseen", UNSEEN)):
             ious = [result["per_class_iou"][n] for n in names if n in result["per_class_iou"]]
             result[f"mIoU_{group}"] = round(float(np.mean(ious)), 2) if ious else None
-            if "per_class_region_accuracy" in result:
-                accs = [result["per_class_region_accuracy"][n] for n in names if n in result["per_class_region_accuracy"]]
-                result[f"accuracy_{group}"] = round(float(np.mean(accs)), 2) if accs else None
+            if "per_class_regions" in result:  # region-level, like the overall accuracy
+                counts = [result["per_class_regions"][n] for n in names if n in result["per_class_regions"]]
+                hits, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+                result[f"accuracy_{group}"] = _pct(hits, total)
     return report
 
 

@@ -2,7 +2,8 @@
 
 Each scene has one or two "stuff" regions (textured backgrounds: grass, sand, water, wall, sky)
 and 1 to 4 "thing" icons from a vocabulary of 24 object nouns, with varied colour, size, position,
-rotation and partial occlusion (later objects cover earlier ones). Captions come from varied
+rotation and partial occlusion (later objects cover earlier ones); a quarter of the scenes are
+close-ups of one object filling much of the frame. Captions come from varied
 templates: they mention some objects and the stuff, sometimes with counts and colours, sometimes
 with non-visual nouns ("a picture of", "on top of") and sometimes with objects that are not in
 the scene, like real captions. Every caption records which of its words refer to which instance.
@@ -40,6 +41,7 @@ COLOURS = {"red": (205, 40, 40), "green": (40, 160, 60), "blue": (45, 70, 210), 
 PLURALS = {"box": "boxes", "cross": "crosses", "fish": "fish", "leaf": "leaves"}
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 CANVAS = 64  # icons are drawn at this size, then rotated and scaled into the scene
+CLOSE_UP_SHARE = 0.25
 
 
 # ---------------------------------------------------------------- icons
@@ -226,18 +228,21 @@ def make_scene(rng: np.random.Generator, size: int = 128) -> Scene:
     for kind, region in _stuff_layout(size, rng):
         image[region] = stuff_texture(kind, size, size, rng)[region]
         instances.append(Instance(len(instances) + 1, kind, None, region.copy()))
+    if rng.random() < CLOSE_UP_SHARE:  # one object filling much of the frame, as in close-up photos
+        _place_thing(image, instances, str(rng.choice(THINGS)), rng, size, (int(size * 0.55), int(size * 0.9)))
+        return Scene(image, [inst for inst in instances if inst.mask.sum() >= 20])
     count = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.2, 0.15]))
     nouns = list(rng.choice(THINGS, size=count, replace=True))
     if count >= 3 and rng.random() < 0.4:  # sometimes several of one kind, for counts in captions
         nouns[1] = nouns[0]
     for noun in nouns:
-        _place_thing(image, instances, str(noun), rng, size)
+        _place_thing(image, instances, str(noun), rng, size, (size // 5, size // 2))
     instances = [inst for inst in instances if inst.mask.sum() >= 20]  # fully covered ones are gone
     return Scene(image, instances)
 
 
-def _place_thing(image, instances, noun, rng, size) -> None:
-    extent = int(rng.integers(size // 5, size // 2))
+def _place_thing(image, instances, noun, rng, size, extent_range: tuple[int, int]) -> None:
+    extent = int(rng.integers(*extent_range))
     mask = icon_mask(noun, extent, float(rng.uniform(-35, 35)))
     y0, x0 = (int(v) for v in rng.integers(0, size - extent, 2))
     full = np.zeros((size, size), dtype=bool)

@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,8 @@ class LoopConfig:
     ft_lr: float = 2e-5
     score_thresholds: tuple[float, ...] = ()
     margin_thresholds: tuple[float, ...] = ()
+    executor: str = "local"  # mining: local (no start-up cost) or ray (all cores)
     progress: bool = True
-    report: dict = field(default_factory=dict)
 
 
 def small_config(out: str, progress: bool = True) -> LoopConfig:
@@ -51,9 +51,9 @@ def small_config(out: str, progress: bool = True) -> LoopConfig:
 
 def full_config(out: str, progress: bool = True) -> LoopConfig:
     """`dataengine demo --full`: the README's table."""
-    return LoopConfig(out=out, train_scenes=1200, heldout_scenes=300, proposals=("annotations", "classical"),
+    return LoopConfig(out=out, train_scenes=800, heldout_scenes=200, proposals=("annotations", "classical"),
                       modes=("mpt", "ft", "ft+mpt", "ft-gt"), score_thresholds=(0.2, 0.25, 0.3),
-                      margin_thresholds=(0.02, 0.05, 0.1), progress=progress)
+                      margin_thresholds=(0.02, 0.05, 0.1), executor="ray", progress=progress)
 
 
 # ---------------------------------------------------------------- ground truth helpers
@@ -146,7 +146,7 @@ def _pct(part: int, whole: int) -> float | None:
 # ---------------------------------------------------------------- the loop
 
 
-def mine_split(split: Path, out: Path, proposals: str, clip: str, progress: bool) -> dict:
+def mine_split(split: Path, out: Path, proposals: str, clip: str, executor: str, progress: bool) -> dict:
     from dataengine.config import MineConfig, from_dict
     from dataengine.pipeline import mine
 
@@ -154,7 +154,7 @@ def mine_split(split: Path, out: Path, proposals: str, clip: str, progress: bool
         "source": {"type": "coco", "images": str(split / "images"), "captions": str(split / "captions.json"),
                    "instances": str(split / "instances.json")},
         "proposals": {"generator": proposals}, "match": {"clip": clip}, "out": str(out),
-        "executor": "local", "progress": progress, "device": "auto"})
+        "executor": executor, "progress": progress, "device": "auto"})
     return mine(config, overwrite=True)
 
 
@@ -240,7 +240,7 @@ def run_loop(config: LoopConfig) -> dict:
     corpora = {}
     for proposals in config.proposals:
         corpus = out / f"corpus-{proposals}"
-        manifest = mine_split(train_split, corpus, proposals, clip, config.progress)
+        manifest = mine_split(train_split, corpus, proposals, clip, config.executor, config.progress)
         corpora[proposals] = corpus
         report["mining"][proposals] = {"pairs": manifest["counts"]["pairs"],
                                        "precision": pair_precision(corpus, train_split, config.score_thresholds,

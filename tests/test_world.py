@@ -112,3 +112,14 @@ def test_the_whole_loop_on_a_tiny_world(tmp_path):
         assert set(report[key]["models"]) == {"pretrained", "mpt", "ft-gt"}
     assert "unseen" in format_report(report)
     assert (tmp_path / "loop" / "world_report.json").exists()
+
+
+def test_small_clip_trainer_writes_loadable_weights_and_its_log(tmp_path):
+    from dataengine.clip import load_clip
+    from finetune.world_clip import WEIGHTS, main
+
+    assert main(["--scenes", "12", "--epochs", "1", "--batch-size", "6", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["command"].startswith("python -m finetune.world_clip") and len(log["history"]) == 1
+    assert load_clip(f"dataengine-world@{tmp_path / 'dataengine-world.pt'}").image_size == 128
+    assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 10 * 2**20  # the committed weights stay under 10 MB

@@ -47,107 +47,68 @@ CLOSE_UP_SHARE = 0.25
 # ---------------------------------------------------------------- icons
 
 
-def _polygon(draw, points, scale=CANVAS):
-    draw.polygon([(x * scale, y * scale) for x, y in points], fill=255)
-
-
-def _star(draw, points=5, inner=0.4):
+def _star_points(points: int = 5, inner: float = 0.4) -> list[tuple[float, float]]:
     corners = []
     for i in range(points * 2):
         radius = 0.48 if i % 2 == 0 else 0.48 * inner
         angle = math.pi * i / points - math.pi / 2
         corners.append((0.5 + radius * math.cos(angle), 0.5 + radius * math.sin(angle)))
-    _polygon(draw, corners)
+    return corners
+
+
+# Each icon is a list of primitives in drawing order, coordinates as fractions of the canvas:
+# (shape, geometry, ink) with ink 255 to draw and 0 to cut a hole; pieslice and chord take angles.
+ICONS: dict[str, list[tuple]] = {
+    "ball": [("ellipse", (0.05, 0.05, 0.95, 0.95), 255)],
+    "box": [("rectangle", (0.1, 0.25, 0.9, 0.9), 255), ("polygon", [(0.1, 0.25), (0.3, 0.08), (0.95, 0.08), (0.9, 0.25)], 255)],
+    "star": [("polygon", _star_points(), 255)],
+    "ring": [("ellipse", (0.05, 0.05, 0.95, 0.95), 255), ("ellipse", (0.3, 0.3, 0.7, 0.7), 0)],
+    "cross": [("rectangle", (0.38, 0.05, 0.62, 0.95), 255), ("rectangle", (0.05, 0.38, 0.95, 0.62), 255)],
+    "heart": [("ellipse", (0.05, 0.1, 0.52, 0.55), 255), ("ellipse", (0.48, 0.1, 0.95, 0.55), 255),
+              ("polygon", [(0.07, 0.42), (0.93, 0.42), (0.5, 0.95)], 255)],
+    "moon": [("ellipse", (0.05, 0.05, 0.95, 0.95), 255), ("ellipse", (0.3, 0.0, 1.1, 0.8), 0)],
+    "arrow": [("rectangle", (0.05, 0.4, 0.6, 0.6), 255), ("polygon", [(0.55, 0.15), (0.95, 0.5), (0.55, 0.85)], 255)],
+    "tree": [("polygon", [(0.5, 0.02), (0.9, 0.72), (0.1, 0.72)], 255), ("rectangle", (0.42, 0.7, 0.58, 0.98), 255)],
+    "house": [("rectangle", (0.15, 0.45, 0.85, 0.95), 255), ("polygon", [(0.05, 0.48), (0.5, 0.08), (0.95, 0.48)], 255),
+              ("rectangle", (0.42, 0.7, 0.58, 0.95), 0)],
+    "car": [("rectangle", (0.05, 0.45, 0.95, 0.75), 255),
+            ("polygon", [(0.25, 0.45), (0.35, 0.22), (0.68, 0.22), (0.78, 0.45)], 255),
+            ("ellipse", (0.15, 0.65, 0.37, 0.87), 255), ("ellipse", (0.63, 0.65, 0.85, 0.87), 255)],
+    "cup": [("polygon", [(0.15, 0.15), (0.7, 0.15), (0.62, 0.92), (0.23, 0.92)], 255),
+            ("ellipse", (0.58, 0.3, 0.95, 0.7), 255), ("ellipse", (0.68, 0.4, 0.85, 0.6), 0)],
+    "kite": [("polygon", [(0.5, 0.02), (0.85, 0.4), (0.5, 0.98), (0.15, 0.4)], 255)],
+    "umbrella": [("pieslice", (0.05, 0.1, 0.95, 0.9, 180, 360), 255), ("rectangle", (0.47, 0.48, 0.53, 0.92), 255),
+                 ("rectangle", (0.3, 0.86, 0.53, 0.92), 255)],
+    "flag": [("rectangle", (0.1, 0.05, 0.18, 0.95), 255), ("polygon", [(0.18, 0.07), (0.92, 0.27), (0.18, 0.5)], 255)],
+    "hat": [("rectangle", (0.05, 0.68, 0.95, 0.8), 255), ("rectangle", (0.25, 0.2, 0.75, 0.7), 255)],
+    "fish": [("ellipse", (0.05, 0.25, 0.7, 0.75), 255), ("polygon", [(0.62, 0.5), (0.95, 0.2), (0.95, 0.8)], 255)],
+    "bottle": [("rectangle", (0.3, 0.38, 0.7, 0.95), 255), ("polygon", [(0.3, 0.4), (0.42, 0.22), (0.58, 0.22), (0.7, 0.4)], 255),
+               ("rectangle", (0.42, 0.05, 0.58, 0.25), 255)],
+    "leaf": [("chord", (0.05, 0.05, 0.95, 1.25, 225, 315), 255), ("chord", (0.05, -0.25, 0.95, 0.95, 45, 135), 255)],
+    "mushroom": [("pieslice", (0.05, 0.1, 0.95, 0.9, 180, 360), 255), ("rectangle", (0.38, 0.48, 0.62, 0.95), 255)],
+    "bell": [("pieslice", (0.2, 0.05, 0.8, 0.65, 180, 360), 255),
+             ("polygon", [(0.2, 0.35), (0.8, 0.35), (0.95, 0.8), (0.05, 0.8)], 255),
+             ("ellipse", (0.42, 0.75, 0.58, 0.95), 255)],
+    "lamp": [("polygon", [(0.3, 0.05), (0.7, 0.05), (0.9, 0.4), (0.1, 0.4)], 255), ("rectangle", (0.46, 0.4, 0.54, 0.85), 255),
+             ("rectangle", (0.25, 0.85, 0.75, 0.95), 255)],
+    "key": [("ellipse", (0.05, 0.3, 0.45, 0.7), 255), ("ellipse", (0.17, 0.42, 0.33, 0.58), 0),
+            ("rectangle", (0.4, 0.45, 0.95, 0.55), 255), ("rectangle", (0.75, 0.55, 0.82, 0.7), 255),
+            ("rectangle", (0.87, 0.55, 0.94, 0.66), 255)],
+    "chair": [("rectangle", (0.2, 0.05, 0.32, 0.95), 255), ("rectangle", (0.2, 0.5, 0.8, 0.6), 255),
+              ("rectangle", (0.68, 0.5, 0.8, 0.95), 255)],
+}
 
 
 def _draw_icon(draw: ImageDraw.ImageDraw, noun: str) -> None:
     """Draws the noun's silhouette (255 on 0) on a CANVAS x CANVAS mask."""
-    s = CANVAS
-    box = lambda x0, y0, x1, y1: (x0 * s, y0 * s, x1 * s, y1 * s)  # noqa: E731
-    if noun == "ball":
-        draw.ellipse(box(0.05, 0.05, 0.95, 0.95), fill=255)
-    elif noun == "box":
-        draw.rectangle(box(0.1, 0.25, 0.9, 0.9), fill=255)
-        _polygon(draw, [(0.1, 0.25), (0.3, 0.08), (0.95, 0.08), (0.9, 0.25)])
-    elif noun == "star":
-        _star(draw)
-    elif noun == "ring":
-        draw.ellipse(box(0.05, 0.05, 0.95, 0.95), fill=255)
-        draw.ellipse(box(0.3, 0.3, 0.7, 0.7), fill=0)
-    elif noun == "cross":
-        draw.rectangle(box(0.38, 0.05, 0.62, 0.95), fill=255)
-        draw.rectangle(box(0.05, 0.38, 0.95, 0.62), fill=255)
-    elif noun == "heart":
-        draw.ellipse(box(0.05, 0.1, 0.52, 0.55), fill=255)
-        draw.ellipse(box(0.48, 0.1, 0.95, 0.55), fill=255)
-        _polygon(draw, [(0.07, 0.42), (0.93, 0.42), (0.5, 0.95)])
-    elif noun == "moon":
-        draw.ellipse(box(0.05, 0.05, 0.95, 0.95), fill=255)
-        draw.ellipse(box(0.3, 0.0, 1.1, 0.8), fill=0)
-    elif noun == "arrow":
-        draw.rectangle(box(0.05, 0.4, 0.6, 0.6), fill=255)
-        _polygon(draw, [(0.55, 0.15), (0.95, 0.5), (0.55, 0.85)])
-    elif noun == "tree":
-        _polygon(draw, [(0.5, 0.02), (0.9, 0.72), (0.1, 0.72)])
-        draw.rectangle(box(0.42, 0.7, 0.58, 0.98), fill=255)
-    elif noun == "house":
-        draw.rectangle(box(0.15, 0.45, 0.85, 0.95), fill=255)
-        _polygon(draw, [(0.05, 0.48), (0.5, 0.08), (0.95, 0.48)])
-        draw.rectangle(box(0.42, 0.7, 0.58, 0.95), fill=0)
-    elif noun == "car":
-        draw.rectangle(box(0.05, 0.45, 0.95, 0.75), fill=255)
-        _polygon(draw, [(0.25, 0.45), (0.35, 0.22), (0.68, 0.22), (0.78, 0.45)])
-        draw.ellipse(box(0.15, 0.65, 0.37, 0.87), fill=255)
-        draw.ellipse(box(0.63, 0.65, 0.85, 0.87), fill=255)
-    elif noun == "cup":
-        _polygon(draw, [(0.15, 0.15), (0.7, 0.15), (0.62, 0.92), (0.23, 0.92)])
-        draw.ellipse(box(0.58, 0.3, 0.95, 0.7), fill=255)
-        draw.ellipse(box(0.68, 0.4, 0.85, 0.6), fill=0)
-    elif noun == "kite":
-        _polygon(draw, [(0.5, 0.02), (0.85, 0.4), (0.5, 0.98), (0.15, 0.4)])
-    elif noun == "umbrella":
-        draw.pieslice(box(0.05, 0.1, 0.95, 0.9), 180, 360, fill=255)
-        draw.rectangle(box(0.47, 0.48, 0.53, 0.92), fill=255)
-        draw.rectangle(box(0.3, 0.86, 0.53, 0.92), fill=255)
-    elif noun == "flag":
-        draw.rectangle(box(0.1, 0.05, 0.18, 0.95), fill=255)
-        _polygon(draw, [(0.18, 0.07), (0.92, 0.27), (0.18, 0.5)])
-    elif noun == "hat":
-        draw.rectangle(box(0.05, 0.68, 0.95, 0.8), fill=255)
-        draw.rectangle(box(0.25, 0.2, 0.75, 0.7), fill=255)
-    elif noun == "fish":
-        draw.ellipse(box(0.05, 0.25, 0.7, 0.75), fill=255)
-        _polygon(draw, [(0.62, 0.5), (0.95, 0.2), (0.95, 0.8)])
-    elif noun == "bottle":
-        draw.rectangle(box(0.3, 0.38, 0.7, 0.95), fill=255)
-        _polygon(draw, [(0.3, 0.4), (0.42, 0.22), (0.58, 0.22), (0.7, 0.4)])
-        draw.rectangle(box(0.42, 0.05, 0.58, 0.25), fill=255)
-    elif noun == "leaf":
-        draw.chord(box(0.05, 0.05, 0.95, 1.25), 225, 315, fill=255)
-        draw.chord(box(0.05, -0.25, 0.95, 0.95), 45, 135, fill=255)
-    elif noun == "mushroom":
-        draw.pieslice(box(0.05, 0.1, 0.95, 0.9), 180, 360, fill=255)
-        draw.rectangle(box(0.38, 0.48, 0.62, 0.95), fill=255)
-    elif noun == "bell":
-        draw.pieslice(box(0.2, 0.05, 0.8, 0.65), 180, 360, fill=255)
-        _polygon(draw, [(0.2, 0.35), (0.8, 0.35), (0.95, 0.8), (0.05, 0.8)])
-        draw.ellipse(box(0.42, 0.75, 0.58, 0.95), fill=255)
-    elif noun == "lamp":
-        _polygon(draw, [(0.3, 0.05), (0.7, 0.05), (0.9, 0.4), (0.1, 0.4)])
-        draw.rectangle(box(0.46, 0.4, 0.54, 0.85), fill=255)
-        draw.rectangle(box(0.25, 0.85, 0.75, 0.95), fill=255)
-    elif noun == "key":
-        draw.ellipse(box(0.05, 0.3, 0.45, 0.7), fill=255)
-        draw.ellipse(box(0.17, 0.42, 0.33, 0.58), fill=0)
-        draw.rectangle(box(0.4, 0.45, 0.95, 0.55), fill=255)
-        draw.rectangle(box(0.75, 0.55, 0.82, 0.7), fill=255)
-        draw.rectangle(box(0.87, 0.55, 0.94, 0.66), fill=255)
-    elif noun == "chair":
-        draw.rectangle(box(0.2, 0.05, 0.32, 0.95), fill=255)
-        draw.rectangle(box(0.2, 0.5, 0.8, 0.6), fill=255)
-        draw.rectangle(box(0.68, 0.5, 0.8, 0.95), fill=255)
-    else:
-        raise ValueError(f"no drawing for {noun!r}")
+    for shape, geometry, ink in ICONS[noun]:
+        if shape == "polygon":
+            draw.polygon([(x * CANVAS, y * CANVAS) for x, y in geometry], fill=ink)
+        elif shape in ("pieslice", "chord"):
+            *box, start, end = geometry
+            getattr(draw, shape)([v * CANVAS for v in box], start, end, fill=ink)
+        else:
+            getattr(draw, shape)([v * CANVAS for v in geometry], fill=ink)
 
 
 def icon_mask(noun: str, size: int, angle: float) -> np.ndarray:

@@ -73,18 +73,28 @@ def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0, y0, x1 - x0, y1 - y0], 1).long()
 
 
-def classify_regions(model: EvalModel, image: np.ndarray, masks: torch.Tensor, classes: torch.Tensor,
-                     batch_size: int) -> torch.Tensor:
-    """(R, C) class probabilities of masked regions of one image."""
-    clip = model.clip
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+def region_crops(image: np.ndarray, masks: torch.Tensor, size: int, fill, device: str,
+                 batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked crops (uint8) and crop masks of all regions of one image, prepared on `device` (the
+    batched path on a GPU) in chunks of `batch_size` regions."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(device)
+    masks = masks.to(device)
     boxes = tight_boxes(masks)
-    probabilities = []
-    for start in range(0, len(masks), batch_size):
-        chunk = slice(start, start + batch_size)
-        crops, crop_masks = prepare_regions(pixels, masks[chunk], boxes[chunk], clip.image_size, clip.fill_rgb)
-        features = model.encode_regions(normalize(crops, clip.mean, clip.std), crop_masks)
-        probabilities.append((TEMPERATURE * features @ classes.t()).softmax(-1).cpu())
+    chunks = [prepare_regions(pixels, masks[start : start + batch_size], boxes[start : start + batch_size], size, fill)
+              for start in range(0, len(masks), batch_size)]
+    if not chunks:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8), torch.zeros((0, size, size), dtype=torch.bool)
+    return torch.cat([c for c, _ in chunks]), torch.cat([m for _, m in chunks])
+
+
+def classify_crops(model: EvalModel, crops: torch.Tensor, crop_masks: torch.Tensor, classes: torch.Tensor,
+                   batch_size: int) -> torch.Tensor:
+    """(R, C) class probabilities of prepared region crops."""
+    clip = model.clip
+    probabilities = [
+        (TEMPERATURE * model.encode_regions(normalize(crops[start : start + batch_size], clip.mean, clip.std),
+                                            crop_masks[start : start + batch_size]) @ classes.t()).softmax(-1).cpu()
+        for start in range(0, len(crops), batch_size)]
     return torch.cat(probabilities) if probabilities else torch.zeros(0, len(classes))
 
 
@@ -213,8 +223,13 @@ class Benchmark:
             regions_total += len(masks)
             if region_classes is not None:
                 np.add.at(region_counts, region_classes, 1)
+            crops = {}  # models that share input size, fill and device share the crops
             for model in self.models:
-                probabilities = classify_regions(model, sample.image, masks, text[model.label], config.batch_size)
+                clip = model.clip
+                key = (clip.image_size, clip.fill_rgb, clip.device)
+                if key not in crops:
+                    crops[key] = region_crops(sample.image, masks, *key, config.batch_size)
+                probabilities = classify_crops(model, *crops[key], text[model.label], config.batch_size)
                 if self.columns is not None and proposals is not None:
                     probabilities = ensemble_with_generator(probabilities, proposals, self.columns,
                                                             config.ensemble_lambda)

@@ -77,11 +77,14 @@ class SegDataset:
 
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
-        self.classes = class_names(self.classes_file)
+        self.classes = self._class_list()
         self.items = self._items()
         if not self.items:
             raise DatasetError(f"--root: no {self.name} images with labels under {self.root} "
                                f"(expected {self.images_dir}/*.jpg and {self.labels_dir}/*{self.label_ext})")
+
+    def _class_list(self) -> list[str]:
+        return class_names(self.classes_file)
 
     def _items(self) -> list[tuple[str, Path, Path]]:
         labels = self.root / self.labels_dir
@@ -149,15 +152,24 @@ class COCOObject(SegDataset):
     def _items(self):
         from pycocotools.coco import COCO
 
-        instances = _first_existing(self.root, ("annotations/instances_val2017.json", "instances.json"))
-        self.images_folder = _first_existing(self.root, ("val2017", "images"))
+        instances, images_folder = self._locate()
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco = COCO(str(instances))
-        self.category_index = {cat: i for i, cat in enumerate(sorted(self.coco.getCatIds()))}
-        if len(self.category_index) != len(self.classes):
-            raise DatasetError(f"coco-object: {instances} has {len(self.category_index)} categories, expected 80")
-        return [(str(image_id), self.images_folder / self.coco.imgs[image_id]["file_name"], image_id)
+        self.category_index = self._category_index(instances)
+        return [(str(image_id), images_folder / self.coco.imgs[image_id]["file_name"], image_id)
                 for image_id in sorted(self.coco.getImgIds())]
+
+    def _locate(self) -> tuple[Path, Path]:
+        """(instances JSON, images folder)."""
+        return (_first_existing(self.root, ("annotations/instances_val2017.json", "instances.json")),
+                _first_existing(self.root, ("val2017", "images")))
+
+    def _category_index(self, instances: Path) -> dict[int, int]:
+        """COCO category id -> class index."""
+        index = {cat: i for i, cat in enumerate(sorted(self.coco.getCatIds()))}
+        if len(index) != len(self.classes):
+            raise DatasetError(f"coco-object: {instances} has {len(index)} categories, expected 80")
+        return index
 
     def __iter__(self):
         for key, image, image_id in self.items:
@@ -178,28 +190,19 @@ class WorldScenes(COCOObject):
 
     name = "world"
 
-    def __init__(self, root: str | Path):
+    def _class_list(self) -> list[str]:
         from dataengine.world import STUFF, THINGS
 
-        self.root = Path(root).expanduser()
-        self.classes = list(THINGS + STUFF)
-        self.items = self._items()
-        if not self.items:
-            raise DatasetError(f"--root: no scenes under {self.root}")
+        return list(THINGS + STUFF)
 
-    def _items(self):
-        from pycocotools.coco import COCO
-
+    def _locate(self) -> tuple[Path, Path]:
         instances = self.root / "instances.json"
         if not instances.exists():
             raise DatasetError(f"--root: {instances} not found: is {self.root} a world split (train/ or heldout/)?")
-        self.images_folder = self.root / "images"
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco = COCO(str(instances))
-        names = {c["id"]: c["name"] for c in self.coco.loadCats(self.coco.getCatIds())}
-        self.category_index = {cat: self.classes.index(name) for cat, name in names.items()}
-        return [(str(image_id), self.images_folder / self.coco.imgs[image_id]["file_name"], image_id)
-                for image_id in sorted(self.coco.getImgIds())]
+        return instances, self.root / "images"
+
+    def _category_index(self, instances: Path) -> dict[int, int]:
+        return {c["id"]: self.classes.index(c["name"]) for c in self.coco.loadCats(self.coco.getCatIds())}
 
 
 def _first_existing(root: Path, candidates: tuple[str, ...]) -> Path:

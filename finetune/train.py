@@ -134,7 +134,6 @@ class Trainer:
         if "mpt" in config.phases:
             check_vit(self.clip.model.visual, config.prompt_depth)
         self.text = self._text_embeddings()
-        self.prompts: MaskPromptedViT | None = None
 
     # ---- run state
 

@@ -94,23 +94,16 @@ def noun_extraction(split: Path) -> dict:
 
 def proposal_recall(split: Path, generator: str = "classical") -> dict:
     """Share of ground-truth instances that some proposal covers at IoU >= 0.5."""
-    from dataengine.config import MineConfig, ProposalConfig, from_dict
-    from dataengine.images import decode_rgb
-    from dataengine.records import Sample
-    from dataengine.stages import ProposalStage
+    from .benchmark import ProposalSource
+    from .datasets import WorldScenes
 
-    stage = ProposalStage(MineConfig(proposals=from_dict(ProposalConfig, {"generator": generator})), "cpu")
-    stage.setup()
-    images = {str(i["id"]): i for i in _coco(split, "instances.json")["images"]}
+    source = ProposalSource(generator, "cpu")
+    instances = _instances_by_image(split)
     covered = total = 0
-    for image_id, instances in _instances_by_image(split).items():
-        info = images[image_id]
-        pixels = decode_rgb((split / "images" / info["file_name"]).read_bytes(), max_pixels=10**8)
-        sample = Sample(key=image_id, image_id=image_id, source="world", captions=[], image=pixels,
-                        height=info["height"], width=info["width"])
-        stage.process_batch([sample])
-        rles = sample.proposals.rles if sample.proposals is not None else []
-        for _, truth in instances:
+    for sample in WorldScenes(split):
+        _, proposals = source.proposals(sample)
+        rles = proposals.rles if proposals is not None else []
+        for _, truth in instances.get(sample.key, []):
             best = float(mask_utils.iou([truth], rles, [0] * len(rles)).max()) if rles else 0.0
             covered, total = covered + int(best >= 0.5), total + 1
     return {"generator": generator, "instances": total, "recall": _pct(covered, total)}
@@ -203,14 +196,19 @@ def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str) 
     return out
 
 
-def evaluate(heldout: Path, runs: dict[str, str], protocol: str, progress: bool) -> dict:
+def load_models(runs: dict[str, str]) -> list:
     from dataengine.clip import resolve_device
 
-    from .benchmark import BenchConfig, Benchmark
     from .models import load_eval_model
 
     device = resolve_device("auto")
-    models = [load_eval_model(label, spec, None, device) for label, spec in runs.items()]
+    return [load_eval_model(label, spec, None, device) for label, spec in runs.items()]
+
+
+def evaluate(heldout: Path, models: list, protocol: str, progress: bool) -> dict:
+    from .benchmark import BenchConfig, Benchmark
+
+    device = models[0].clip.device
     report = Benchmark(BenchConfig("world", str(heldout), protocol, "classical", device=device,
                                    progress=progress), models).run()
     for result in report["models"].values():
@@ -255,9 +253,10 @@ def run_loop(config: LoopConfig) -> dict:
             runs[mode] = str(train_run(gt, "ft", out / "runs" / mode, config, clip))
         else:
             runs[mode] = str(train_run(shards, mode, out / "runs" / mode, config, clip))
-    report["gt_masks"] = evaluate(heldout, runs, "gt-masks", config.progress)
+    models = load_models(runs)  # once, for both protocols (their class embeddings are cached too)
+    report["gt_masks"] = evaluate(heldout, models, "gt-masks", config.progress)
     if "classical" in config.proposals:
-        report["two_stage"] = evaluate(heldout, runs, "two-stage", config.progress)
+        report["two_stage"] = evaluate(heldout, models, "two-stage", config.progress)
     (out / "world_report.json").write_text(json.dumps(report, indent=2))
     return report
 

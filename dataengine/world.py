@@ -183,15 +183,30 @@ def _stuff_layout(size: int, rng: np.random.Generator) -> list[tuple[str, np.nda
     return [(str(top), upper), (str(bottom), ~upper)]
 
 
-def make_scene(rng: np.random.Generator, size: int = 128) -> Scene:
+def _stuff_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[Instance]]:
     image = np.zeros((size, size, 3), dtype=np.uint8)
     instances: list[Instance] = []
     for kind, region in _stuff_layout(size, rng):
         image[region] = stuff_texture(kind, size, size, rng)[region]
         instances.append(Instance(len(instances) + 1, kind, None, region.copy()))
-    if rng.random() < CLOSE_UP_SHARE:  # one object filling much of the frame, as in close-up photos
-        _place_thing(image, instances, str(rng.choice(THINGS)), rng, size, (int(size * 0.55), int(size * 0.9)))
-        return Scene(image, [inst for inst in instances if inst.mask.sum() >= 20])
+    return image, instances
+
+
+def _close_up(image: np.ndarray, instances: list[Instance], noun: str, rng: np.random.Generator, size: int) -> Scene:
+    """One object filling much of the frame, as in close-up photos."""
+    _place_thing(image, instances, noun, rng, size, (int(size * 0.55), int(size * 0.9)))
+    return Scene(image, [inst for inst in instances if inst.mask.sum() >= 20])
+
+
+def make_close_up(rng: np.random.Generator, noun: str, size: int = 128) -> Scene:
+    """A close-up of `noun` on a stuff background (the competence check's test images)."""
+    return _close_up(*_stuff_background(rng, size), noun, rng, size)
+
+
+def make_scene(rng: np.random.Generator, size: int = 128, close_up_share: float = CLOSE_UP_SHARE) -> Scene:
+    image, instances = _stuff_background(rng, size)
+    if rng.random() < close_up_share:
+        return _close_up(image, instances, str(rng.choice(THINGS)), rng, size)
     count = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.2, 0.15]))
     nouns = list(rng.choice(THINGS, size=count, replace=True))
     if count >= 3 and rng.random() < 0.4:  # sometimes several of one kind, for counts in captions
@@ -249,11 +264,32 @@ def _thing_phrase(writer: CaptionWriter, noun: str, ids: list[int], colour: str 
     writer.add(f"{article} {adjective}").noun(noun, noun, ids)
 
 
-def write_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, list[list]]:
+def _things_by_noun(scene: Scene) -> dict[str, list[Instance]]:
     things: dict[str, list[Instance]] = {}
     for inst in scene.instances:
         if inst.is_thing:
             things.setdefault(inst.noun, []).append(inst)
+    return things
+
+
+def write_terse_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, list[list]]:
+    """Alt-text style: every object of the scene named once (with its count), nothing else."""
+    mentioned = list(_things_by_noun(scene).items())
+    rng.shuffle(mentioned)
+    writer = CaptionWriter()
+    for index, (noun, insts) in enumerate(mentioned):
+        if index:
+            writer.add(" and ")
+        _thing_phrase(writer, noun, [i.id for i in insts], None, rng)
+    return writer.text, writer.references
+
+
+def write_caption(scene: Scene, rng: np.random.Generator, terse_share: float = 0.0) -> tuple[str, list[list]]:
+    """A descriptive caption (objects, colours, counts, the stuff, sometimes an absent object); with
+    probability `terse_share`, and when the scene has objects, an alt-text style one instead."""
+    things = _things_by_noun(scene)
+    if terse_share and things and rng.random() < terse_share:
+        return write_terse_caption(scene, rng)
     stuff = [inst for inst in scene.instances if not inst.is_thing]
     writer = CaptionWriter()
     opening = rng.choice(["", "a picture of ", "a photo of ", "an image showing ", "there is "])
@@ -318,15 +354,17 @@ def _write_split(folder: Path, scenes: list[tuple[int, Scene]]) -> None:
 
 
 def generate_world(out: str | Path, scenes: int = 400, seed: int = 0, size: int = 128, heldout: float = 0.2,
-                   captions_per_scene: int = 3) -> dict:
-    """Generates `scenes` scenes (a `heldout` share of them in their own split). Same seed, same bytes."""
+                   captions_per_scene: int = 3, close_up_share: float = CLOSE_UP_SHARE, terse_share: float = 0.0) -> dict:
+    """Generates `scenes` scenes (a `heldout` share of them in their own split). Same seed, same bytes.
+    `close_up_share` of the scenes are close-ups; `terse_share` of the captions of scenes with objects
+    are alt-text style (the objects only): the small CLIP's pretraining world uses more of both."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     generated = []
     for index in range(scenes):
-        scene = make_scene(rng, size)
+        scene = make_scene(rng, size, close_up_share)
         for _ in range(captions_per_scene):
-            text, refs = write_caption(scene, rng)
+            text, refs = write_caption(scene, rng, terse_share)
             scene.captions.append(text)
             scene.references.append(refs)
         generated.append((index + 1, scene))
@@ -334,6 +372,7 @@ def generate_world(out: str | Path, scenes: int = 400, seed: int = 0, size: int 
     _write_split(out / "train", generated[:cut])
     _write_split(out / "heldout", generated[cut:])
     meta = {"seed": seed, "size": size, "scenes": {"train": cut, "heldout": scenes - cut}, "things": list(THINGS),
-            "stuff": list(STUFF), "unseen": list(UNSEEN), "captions_per_scene": captions_per_scene}
+            "stuff": list(STUFF), "unseen": list(UNSEEN), "captions_per_scene": captions_per_scene,
+            "close_up_share": close_up_share, "terse_share": terse_share}
     (out / "world.json").write_text(json.dumps(meta, indent=2))
     return meta

@@ -116,12 +116,13 @@ def pair_precision(corpus: Path, split: Path, scores=(), margins=()) -> list[dic
 
     table = pq.read_table(corpus / "index").to_pandas()
     truth = _instances_by_image(split)
-    correct = []
+    correct, present = [], []
     for row in table.itertuples():
         rle = {"size": [row.image_height, row.image_width], "counts": row.mask_counts.encode()}
         same = [gt for noun, gt in truth.get(row.image_id, []) if noun == row.noun]
+        present.append(bool(same))
         correct.append(bool(same) and float(mask_utils.iou([rle], same, [0] * len(same)).max()) >= 0.5)
-    table["correct"] = correct
+    table["correct"], table["present"] = correct, present
     rows = [_precision_row("all pairs", table)]
     rows += [_precision_row(f"min_score {s}", table[table.score >= s]) for s in scores]
     rows += [_precision_row(f"min_margin {m}", table[table.margin.fillna(np.inf) >= m]) for m in margins]
@@ -129,7 +130,15 @@ def pair_precision(corpus: Path, split: Path, scores=(), margins=()) -> list[dic
 
 
 def _precision_row(name: str, table) -> dict:
-    return {"filter": name, "pairs": int(len(table)), "precision": _pct(int(table.correct.sum()), len(table))}
+    """Precision of a set of pairs, overall, for thing and stuff nouns apart, and per noun."""
+    row = {"filter": name, "pairs": int(len(table)), "precision": _pct(int(table.correct.sum()), len(table))}
+    for group, names in (("things", THINGS), ("stuff", STUFF)):
+        part = table[table.noun.isin(names)]
+        row[f"pairs_{group}"], row[f"precision_{group}"] = int(len(part)), _pct(int(part.correct.sum()), len(part))
+    things_present = table[table.noun.isin(THINGS) & table.present]  # was the right instance chosen?
+    row["precision_things_present"] = _pct(int(things_present.correct.sum()), len(things_present))
+    row["per_noun"] = {noun: [int(part.correct.sum()), int(len(part))] for noun, part in table.groupby("noun")}
+    return row
 
 
 def _pct(part: int, whole: int) -> float | None:
@@ -212,7 +221,7 @@ def evaluate(heldout: Path, models: list, protocol: str, progress: bool) -> dict
     report = Benchmark(BenchConfig("world", str(heldout), protocol, "classical", device=device,
                                    progress=progress), models).run()
     for result in report["models"].values():
-        for group, names in (("seen", SEEN), ("unseen", UNSEEN)):
+        for group, names in (("things", THINGS), ("stuff", STUFF), ("seen", SEEN), ("unseen", UNSEEN)):
             ious = [result["per_class_iou"][n] for n in names if n in result["per_class_iou"]]
             result[f"mIoU_{group}"] = round(float(np.mean(ious)), 2) if ious else None
             if "per_class_regions" in result:  # region-level, like the overall accuracy
@@ -272,17 +281,20 @@ def format_report(report: dict) -> str:
         lines.append(f"classical proposal recall (IoU >= 0.5): {recall['recall']}% of {recall['instances']} instances")
     for proposals, mined in report["mining"].items():
         for row in mined["precision"]:
-            lines.append(f"pair precision, {proposals} proposals, {row['filter']}: {row['precision']}% of {row['pairs']} pairs")
+            lines.append(f"pair precision, {proposals} proposals, {row['filter']}: {row['precision']}% of {row['pairs']} "
+                         f"pairs (things {row['precision_things']}% of {row['pairs_things']}, "
+                         f"stuff {row['precision_stuff']}% of {row['pairs_stuff']})")
     for key, title in (("gt_masks", "masked-region accuracy (ground-truth masks)"), ("two_stage", "two-stage mIoU")):
         if key not in report:
             continue
         lines.append(f"\n{title} on held-out scenes:")
-        lines.append(f"{'model':<12} {'all':>8} {'seen':>8} {'unseen':>8}")
+        groups = ("things", "stuff", "seen", "unseen")
+        lines.append(f"{'model':<12} {'all':>8}" + "".join(f" {group:>8}" for group in groups))
         for label, result in report[key]["models"].items():
             metric = "accuracy" if key == "gt_masks" else "mIoU"
             overall = result["region_accuracy"] if key == "gt_masks" else result["mIoU"]
-            lines.append(f"{label:<12} {_fmt(overall):>8} {_fmt(result.get(f'{metric}_seen')):>8} "
-                         f"{_fmt(result.get(f'{metric}_unseen')):>8}")
+            lines.append(f"{label:<12} {_fmt(overall):>8}" +
+                         "".join(f" {_fmt(result.get(f'{metric}_{group}')):>8}" for group in groups))
     return "\n".join(lines)
 
 

@@ -121,5 +121,93 @@ def test_small_clip_trainer_writes_loadable_weights_and_its_log(tmp_path):
     assert main(["--scenes", "12", "--epochs", "1", "--batch-size", "6", "--device", "cpu", "--out", str(tmp_path)]) == 0
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert log["command"].startswith("python -m finetune.world_clip") and len(log["history"]) == 1
+    assert 0 <= log["history"][0]["close_up_accuracy_monitor"] <= 100
+    assert log["settings"]["terse_share"] == 0.5 and log["settings"]["close_up_share"] == 0.5
     assert load_clip(f"dataengine-world@{tmp_path / 'dataengine-world.pt'}").image_size == 128
-    assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 10 * 2**20  # the committed weights stay under 10 MB
+    assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 20 * 2**20  # the committed weights stay under 20 MB
+
+
+def test_close_ups_show_one_object_of_the_asked_noun():
+    from dataengine.world import make_close_up
+
+    rng = np.random.default_rng(0)
+    for noun in THINGS:
+        scene = make_close_up(rng, noun)
+        things = [inst for inst in scene.instances if inst.is_thing]
+        assert [inst.noun for inst in things] == [noun]
+        ys, xs = np.nonzero(things[0].mask)
+        assert max(np.ptp(ys), np.ptp(xs)) >= 0.45 * 128  # it fills much of the frame
+
+
+def test_terse_captions_name_every_object_of_the_scene_and_nothing_else():
+    from dataengine.world import COLOURS, make_scene, write_terse_caption
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        scene = make_scene(rng)
+        things = {inst.noun: inst.id for inst in scene.instances if inst.is_thing}
+        if not things:
+            continue
+        text, references = write_terse_caption(scene, rng)
+        assert sorted(noun for _, _, noun, _ in references) == sorted(things)
+        for start, end, noun, ids in references:
+            assert text[start:end].startswith(noun[:3]) and things[noun] in ids
+        assert not any(colour in text.split() for colour in COLOURS) and not any(s in text for s in STUFF)
+
+
+def test_the_pretraining_world_has_its_own_close_up_and_terse_shares(tmp_path):
+    meta = generate_world(tmp_path, scenes=20, seed=3, heldout=0.0, close_up_share=1.0, terse_share=1.0)
+    assert meta["close_up_share"] == 1.0 and meta["terse_share"] == 1.0
+    instances = json.loads((tmp_path / "train" / "instances.json").read_text())
+    things = [a["image_id"] for a in instances["annotations"] if a["colour"] is not None]
+    assert sorted(things) == list(range(1, 21))  # exactly one object per scene
+    captions = json.loads((tmp_path / "train" / "captions.json").read_text())["annotations"]
+    assert not any(stuff in c["caption"] for c in captions for stuff in STUFF)
+
+
+def _oracle_corpus(split, out, wrong_nouns: bool = False):
+    """The index an oracle matcher writes with ground-truth masks as proposals: each caption noun that
+    refers to instances gets one of them (with `wrong_nouns`, the noun of another class instead)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    instances = json.loads((split / "instances.json").read_text())
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    images = {i["id"]: i for i in instances["images"]}
+    by_id = {a["id"]: a for a in instances["annotations"]}
+    vocabulary = sorted(set(names.values()))
+    rows = []
+    for refs in json.loads((split / "references.json").read_text()).values():
+        for _, _, noun, ids in refs:
+            if not ids:
+                continue
+            annotation = by_id[ids[0]]
+            image = images[annotation["image_id"]]
+            assert names[annotation["category_id"]] == noun
+            if wrong_nouns:
+                noun = vocabulary[(vocabulary.index(noun) + 1) % len(vocabulary)]
+            rows.append({"image_id": str(image["id"]), "noun": noun, "image_height": image["height"],
+                         "image_width": image["width"], "mask_counts": annotation["segmentation"]["counts"],
+                         "score": 1.0, "margin": 1.0})
+    (out / "index").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), out / "index" / "index-000000.parquet")
+    return len(rows)
+
+
+def test_ground_truth_masks_with_an_oracle_classifier_give_full_pair_precision(world, tmp_path):
+    from finetune.world_loop import pair_precision
+
+    pairs = _oracle_corpus(world / "train", tmp_path / "oracle")
+    row = pair_precision(tmp_path / "oracle", world / "train")[0]
+    assert row["pairs"] == pairs > 0 and row["pairs_things"] > 0 and row["pairs_stuff"] > 0
+    assert row["precision"] == row["precision_things"] == row["precision_stuff"] == 100.0
+    assert row["precision_things_present"] == 100.0
+    assert sum(total for _, total in row["per_noun"].values()) == pairs
+
+
+def test_pair_precision_counts_a_wrong_noun_on_the_right_mask_as_wrong(world, tmp_path):
+    from finetune.world_loop import pair_precision
+
+    _oracle_corpus(world / "train", tmp_path / "wrong", wrong_nouns=True)
+    row = pair_precision(tmp_path / "wrong", world / "train")[0]
+    assert row["pairs"] > 0 and row["precision"] == 0.0

@@ -1,0 +1,53 @@
+"""The committed small CLIP knows its world: a deterministic check of committed weights, not a timing.
+Before anything is measured in the controlled world, its CLIP must name the objects it is asked about."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dataengine.world import STUFF, THINGS
+from finetune.world_clip import CHECK_SEED, COMPETENCE, close_up_images, main, stuff_images, text_separation, zero_shot, world_spec
+
+
+@pytest.fixture(scope="module")
+def world_clip():
+    from dataengine.clip import load_clip
+
+    return load_clip(world_spec(), "cpu")
+
+
+def test_it_names_each_of_the_24_things_in_close_ups_it_never_saw(world_clip):
+    result = zero_shot(world_clip, *close_up_images(CHECK_SEED, 10), THINGS)
+    assert result["images"] == 240
+    assert result["accuracy"] >= 90, result  # chance is 4.2%
+    assert result["min_class_accuracy"] >= 70, result["per_class"]
+
+
+def test_it_names_stuff_in_whole_frame_scenes(world_clip):
+    result = zero_shot(world_clip, *stuff_images(CHECK_SEED, 10), STUFF)
+    assert result["accuracy"] >= 90, result
+
+
+def test_its_text_tower_tells_the_things_apart(world_clip):
+    assert text_separation(world_clip, THINGS) < 0.8  # the blind model before it had 0.98
+
+
+def test_the_committed_competence_report_is_the_committed_weights_report(world_clip):
+    report = json.loads(COMPETENCE.read_text())
+    again = zero_shot(world_clip, *close_up_images(report["seed"], 20), THINGS)
+    assert abs(again["accuracy"] - report["close_up_things"]["accuracy"]) <= 1.0
+    masked = report["masked_regions"]
+    # masked regions are the weak spot, as for real CLIP: above chance, below the close-ups
+    assert report["chance"]["regions"] < masked["accuracy_things"] < report["close_up_things"]["accuracy"]
+
+
+def test_the_check_command_prints_and_writes_the_report(tmp_path, capsys):
+    assert main(["--check", "--report", str(tmp_path / "competence.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "close-up zero-shot, 24 things" in printed and "masked-region accuracy" in printed
+    report = json.loads((tmp_path / "competence.json").read_text())
+    assert set(report["close_up_things"]["per_class"]) == set(THINGS)
+    assert set(report["whole_frame_stuff"]["per_class"]) == set(STUFF)
+    assert {"accuracy_things", "accuracy_stuff"} <= set(report["masked_regions"])

@@ -3,11 +3,11 @@ their captions, image-level contrastive loss, never a mask or a region crop), an
 competence before anything is measured with it. Its weights are committed with the package
 (`finetune/data/world_clip/`), with the command, seed, log and competence report:
 
-    python -m finetune.world_clip --scenes 16000 --epochs 40 --seed 0     # train (CPU or GPU)
-    python -m finetune.world_clip --check                                  # the competence report
+    python -m finetune.world_clip --scenes 32000 --epochs 15 --batch-size 64 --close-up-share 0.75 --terse-share 0.5 --seed 0
+    python -m finetune.world_clip --check     # the competence report of the committed weights
 
 The pretraining world differs from the mining world the way web alt-text differs from COCO
-captions: half of its scenes are close-ups and half of its captions only name the objects
+captions: three quarters of its scenes are close-ups and half of its captions only name the objects
 (`--close-up-share`, `--terse-share`). Without terse captions, colour and stuff words separate
 the scenes of a batch well enough that the contrastive loss never needs shapes, and the model
 learns no object noun at all.
@@ -178,7 +178,8 @@ def _pct(part: int, whole: int) -> float | None:
 
 
 def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-                     device: str, progress: bool = True) -> dict:
+                     device: str, progress: bool = True, init: Path | None = None) -> dict:
+    """Contrastive training from scratch, or from the weights `init` (to continue on new scenes)."""
     import open_clip
     from open_clip.loss import ClipLoss
 
@@ -191,6 +192,10 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     torch.manual_seed(seed)
     generator = np.random.default_rng(seed)
     model = open_clip.create_model(MODEL, device=device)
+    if init is not None:
+        state = torch.load(init, map_location=device, weights_only=True)
+        model.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor
+                               for name, tensor in state.items()})
     tokenizer = open_clip.get_tokenizer(MODEL)
     pixels, captions = load_scenes(world / "train")
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size)
@@ -265,13 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-seed", type=int, default=CHECK_SEED,
                         help=f"seed of the check's scenes (default: {CHECK_SEED})")
     parser.add_argument("--report", default="", help="also write the competence report as JSON to this file")
-    parser.add_argument("--scenes", type=int, default=16000, help="scenes to generate (default: 16000)")
-    parser.add_argument("--close-up-share", type=float, default=0.5, help="share of close-up scenes (default: 0.5)")
+    parser.add_argument("--scenes", type=int, default=32000, help="scenes to generate (default: 32000)")
+    parser.add_argument("--close-up-share", type=float, default=0.75, help="share of close-up scenes (default: 0.75)")
     parser.add_argument("--terse-share", type=float, default=0.5,
                         help="share of captions that only name the objects (default: 0.5)")
-    parser.add_argument("--epochs", type=int, default=40, help="epochs (default: 40)")
-    parser.add_argument("--batch-size", type=int, default=128, help="scenes per step (default: 128)")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs (default: 15)")
+    parser.add_argument("--batch-size", type=int, default=64, help="scenes per step (default: 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate: 10%% warmup, then cosine (default: 1e-3)")
+    parser.add_argument("--init", default="", help="start from these weights instead of from scratch "
+                        "(to continue on the scenes of another --seed); default: from scratch")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training (default: 0)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--out", default=str(WEIGHTS.parent), help=f"output folder (default: {WEIGHTS.parent})")
@@ -282,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         generate_world(folder, scenes=args.scenes, seed=args.seed, heldout=0.0, close_up_share=args.close_up_share,
                        terse_share=args.terse_share)
         result = train_world_clip(Path(folder), Path(args.out), args.epochs, args.batch_size, args.lr, args.seed,
-                                  _device(args.device))
+                                  _device(args.device), init=Path(args.init) if args.init else None)
     result["command"] = "python -m finetune.world_clip " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.init:  # the log of the run it continues, so that one file tells the whole history
+        previous = Path(args.init).with_name("train_log.json")
+        result["continues"] = json.loads(previous.read_text()) if previous.exists() else args.init
     result["settings"] = {k: v for k, v in vars(args).items() if k not in ("check", "weights", "check_seed", "report")}
     (Path(args.out) / "train_log.json").write_text(json.dumps(result, indent=2))
     return 0

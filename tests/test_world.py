@@ -122,7 +122,7 @@ def test_small_clip_trainer_writes_loadable_weights_and_its_log(tmp_path):
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert log["command"].startswith("python -m finetune.world_clip") and len(log["history"]) == 1
     assert 0 <= log["history"][0]["close_up_accuracy_monitor"] <= 100
-    assert log["settings"]["terse_share"] == 0.5 and log["settings"]["close_up_share"] == 0.5
+    assert log["settings"]["terse_share"] == 0.5 and log["settings"]["close_up_share"] == 0.75
     assert load_clip(f"dataengine-world@{tmp_path / 'dataengine-world.pt'}").image_size == 128
     assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 20 * 2**20  # the committed weights stay under 20 MB
 

@@ -253,6 +253,8 @@ def check(args) -> int:
     register_package_models()
     weights = Path(args.weights)
     report = competence(f"{MODEL}@{weights}", args.check_seed, device=_device(args.device))
+    if weights.resolve() == WEIGHTS.resolve():  # no machine-specific path in the committed report
+        report["clip"] = f"{MODEL}@finetune/data/world_clip/{WEIGHTS.name}"
     print(format_competence(report))
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")

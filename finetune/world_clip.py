@@ -3,14 +3,15 @@ their captions, image-level contrastive loss, never a mask or a region crop), an
 competence before anything is measured with it. Its weights are committed with the package
 (`finetune/data/world_clip/`), with the command, seed, log and competence report:
 
-    python -m finetune.world_clip --scenes 32000 --epochs 15 --batch-size 64 --close-up-share 0.75 --terse-share 0.5 --seed 0
+    python -m finetune.world_clip --scenes 32000 --epochs 15 --seed 0 --out stage1        # run 1
+    python -m finetune.world_clip --init stage1/dataengine-world.pt --epochs 9 --seed 2   # run 2
     python -m finetune.world_clip --check     # the competence report of the committed weights
 
 The pretraining world differs from the mining world the way web alt-text differs from COCO
 captions: three quarters of its scenes are close-ups and half of its captions only name the objects
 (`--close-up-share`, `--terse-share`). Without terse captions, colour and stuff words separate
-the scenes of a batch well enough that the contrastive loss never needs shapes, and the model
-learns no object noun at all.
+the scenes of a batch well enough that the contrastive loss never needs shapes: the weights
+trained that way named no object (close-up accuracy at chance).
 
 The check (scenes of a seed the model was never trained on): zero-shot accuracy on close-ups of
 each of the 24 things and on whole-frame stuff scenes, per class; masked-region accuracy with
@@ -30,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .world_loop import pct
 
 MODEL = "dataengine-world"
 WEIGHTS = Path(__file__).parent / "data" / "world_clip" / f"{MODEL}.pt"
@@ -88,9 +91,9 @@ def zero_shot(clip, pixels: torch.Tensor, labels: np.ndarray, names: tuple[str, 
     predicted = torch.cat([
         (clip.encode_images(normalize(pixels[start : start + batch_size], clip.mean, clip.std)) @ classes.t()).argmax(1).cpu()
         for start in range(0, len(pixels), batch_size)]).numpy()
-    per_class = {name: _pct(int((predicted[labels == c] == c).sum()), int((labels == c).sum()))
+    per_class = {name: pct(int((predicted[labels == c] == c).sum()), int((labels == c).sum()))
                  for c, name in enumerate(names)}
-    return {"images": int(len(labels)), "accuracy": _pct(int((predicted == labels).sum()), len(labels)),
+    return {"images": int(len(labels)), "accuracy": pct(int((predicted == labels).sum()), len(labels)),
             "min_class_accuracy": min(per_class.values()), "per_class": per_class}
 
 
@@ -103,26 +106,23 @@ def text_separation(clip, names: tuple[str, ...]) -> float:
     return round(float(cosines[~torch.eye(len(names), dtype=torch.bool)].mean()), 4)
 
 
-def masked_region_accuracy(spec: str, seed: int, scenes: int, device: str) -> dict:
+def masked_region_accuracy(clip, seed: int, scenes: int) -> dict:
     """Region accuracy with ground-truth masks on a held-out world (every region classified among
     all 29 nouns, as in the benchmark), things and stuff apart."""
     from dataengine.world import STUFF, THINGS, generate_world
 
     from .benchmark import BenchConfig, Benchmark
-    from .models import load_eval_model
+    from .models import EvalModel
+    from .world_loop import group_regions
 
     with tempfile.TemporaryDirectory(prefix="world-check-") as folder:
         generate_world(folder, scenes=scenes, seed=seed, heldout=1.0)
-        model = load_eval_model("clip", spec, None, device)
-        result = Benchmark(BenchConfig("world", str(Path(folder) / "heldout"), "gt-masks", device=device,
-                                       progress=False), [model]).run()["models"]["clip"]
-    regions = result["per_class_regions"]
+        result = Benchmark(BenchConfig("world", str(Path(folder) / "heldout"), "gt-masks", device=clip.device,
+                                       progress=False), [EvalModel("clip", clip)]).run()["models"]["clip"]
     report = {"scenes": scenes, "accuracy": round(result["region_accuracy"], 2)}
     for group, names in (("things", THINGS), ("stuff", STUFF)):
-        hits = sum(regions[n][0] for n in names if n in regions)
-        total = sum(regions[n][1] for n in names if n in regions)
-        report[f"accuracy_{group}"] = _pct(hits, total)
-        report[f"regions_{group}"] = total
+        hits, total = group_regions(result["per_class_regions"], names)
+        report[f"accuracy_{group}"], report[f"regions_{group}"] = pct(hits, total), total
     report["per_class"] = {name: round(value, 2) for name, value in result["per_class_region_accuracy"].items()}
     return report
 
@@ -139,9 +139,9 @@ def competence(spec: str, seed: int = CHECK_SEED, per_thing: int = 20, per_stuff
               "whole_frame_stuff": zero_shot(clip, *stuff_images(seed, per_stuff, clip.image_size), STUFF),
               "text_mean_pairwise_cosine_things": text_separation(clip, THINGS)}
     if scenes:
-        report["masked_regions"] = masked_region_accuracy(spec, seed, scenes, device)
-    report["chance"] = {"things": _pct(1, len(THINGS)), "stuff": _pct(1, len(STUFF)),
-                        "regions": _pct(1, len(THINGS) + len(STUFF))}
+        report["masked_regions"] = masked_region_accuracy(clip, seed, scenes)
+    report["chance"] = {"things": pct(1, len(THINGS)), "stuff": pct(1, len(STUFF)),
+                        "regions": pct(1, len(THINGS) + len(STUFF))}
     return report
 
 
@@ -168,10 +168,6 @@ def format_competence(report: dict) -> str:
     for name, value in stuff["per_class"].items():
         lines.append(f"  {name:<10} {value:>6.1f} {per_region.get(name, float('nan')):>6.1f}")
     return "\n".join(lines)
-
-
-def _pct(part: int, whole: int) -> float | None:
-    return round(100.0 * part / whole, 2) if whole else None
 
 
 # ---------------------------------------------------------------- training
@@ -241,18 +237,12 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
             "monitor": f"close-ups of seed {MONITOR_SEED}, 5 per thing"}
 
 
-def _device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return choice
-
-
 def check(args) -> int:
-    from dataengine.clip import register_package_models
+    from dataengine.clip import register_package_models, resolve_device
 
     register_package_models()
     weights = Path(args.weights)
-    report = competence(f"{MODEL}@{weights}", args.check_seed, device=_device(args.device))
+    report = competence(f"{MODEL}@{weights}", args.check_seed, device=resolve_device(args.device))
     if weights.resolve() == WEIGHTS.resolve():  # no machine-specific path in the committed report
         report["clip"] = f"{MODEL}@finetune/data/world_clip/{WEIGHTS.name}"
     print(format_competence(report))
@@ -263,6 +253,7 @@ def check(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dataengine.clip import resolve_device
     from dataengine.world import generate_world
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -291,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_world(folder, scenes=args.scenes, seed=args.seed, heldout=0.0, close_up_share=args.close_up_share,
                        terse_share=args.terse_share)
         result = train_world_clip(Path(folder), Path(args.out), args.epochs, args.batch_size, args.lr, args.seed,
-                                  _device(args.device), init=Path(args.init) if args.init else None)
+                                  resolve_device(args.device), init=Path(args.init) if args.init else None)
     result["command"] = "python -m finetune.world_clip " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.init:  # the log of the run it continues, so that one file tells the whole history
         previous = Path(args.init).with_name("train_log.json")

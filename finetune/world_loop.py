@@ -89,7 +89,7 @@ def noun_extraction(split: Path) -> dict:
         truth = {noun for _, _, noun, _ in references[str(caption["id"])]}
         got = {mention.noun for mention in mentions}
         hits, found, expected = hits + len(truth & got), found + len(got), expected + len(truth)
-    return {"captions": len(captions), "precision": _pct(hits, found), "recall": _pct(hits, expected)}
+    return {"captions": len(captions), "precision": pct(hits, found), "recall": pct(hits, expected)}
 
 
 def proposal_recall(split: Path, generator: str = "classical") -> dict:
@@ -106,7 +106,7 @@ def proposal_recall(split: Path, generator: str = "classical") -> dict:
         for _, truth in instances.get(sample.key, []):
             best = float(mask_utils.iou([truth], rles, [0] * len(rles)).max()) if rles else 0.0
             covered, total = covered + int(best >= 0.5), total + 1
-    return {"generator": generator, "instances": total, "recall": _pct(covered, total)}
+    return {"generator": generator, "instances": total, "recall": pct(covered, total)}
 
 
 def pair_precision(corpus: Path, split: Path, scores=(), margins=()) -> list[dict]:
@@ -131,17 +131,23 @@ def pair_precision(corpus: Path, split: Path, scores=(), margins=()) -> list[dic
 
 def _precision_row(name: str, table) -> dict:
     """Precision of a set of pairs, overall, for thing and stuff nouns apart, and per noun."""
-    row = {"filter": name, "pairs": int(len(table)), "precision": _pct(int(table.correct.sum()), len(table))}
+    row = {"filter": name, "pairs": int(len(table)), "precision": pct(int(table.correct.sum()), len(table))}
     for group, names in (("things", THINGS), ("stuff", STUFF)):
         part = table[table.noun.isin(names)]
-        row[f"pairs_{group}"], row[f"precision_{group}"] = int(len(part)), _pct(int(part.correct.sum()), len(part))
+        row[f"pairs_{group}"], row[f"precision_{group}"] = int(len(part)), pct(int(part.correct.sum()), len(part))
     things_present = table[table.noun.isin(THINGS) & table.present]  # was the right instance chosen?
-    row["precision_things_present"] = _pct(int(things_present.correct.sum()), len(things_present))
+    row["precision_things_present"] = pct(int(things_present.correct.sum()), len(things_present))
     row["per_noun"] = {noun: [int(part.correct.sum()), int(len(part))] for noun, part in table.groupby("noun")}
     return row
 
 
-def _pct(part: int, whole: int) -> float | None:
+def group_regions(per_class_regions: dict[str, list[int]], names) -> tuple[int, int]:
+    """(right, total) regions of a group of classes, from the benchmark's per-class [right, total]."""
+    counts = [per_class_regions[n] for n in names if n in per_class_regions]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
+def pct(part: int, whole: int) -> float | None:
     return round(100.0 * part / whole, 2) if whole else None
 
 
@@ -225,9 +231,7 @@ def evaluate(heldout: Path, models: list, protocol: str, progress: bool) -> dict
             ious = [result["per_class_iou"][n] for n in names if n in result["per_class_iou"]]
             result[f"mIoU_{group}"] = round(float(np.mean(ious)), 2) if ious else None
             if "per_class_regions" in result:  # region-level, like the overall accuracy
-                counts = [result["per_class_regions"][n] for n in names if n in result["per_class_regions"]]
-                hits, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
-                result[f"accuracy_{group}"] = _pct(hits, total)
+                result[f"accuracy_{group}"] = pct(*group_regions(result["per_class_regions"], names))
     return report
 
 

@@ -12,10 +12,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MISSING_FILE = "missing_file"
-EMPTY_FILE = "empty_file"
-DECODE_ERROR = "decode_error"
-TOO_LARGE = "too_large"
+from .reasons import DECODE_ERROR, EMPTY_FILE, MISSING_FILE, TOO_LARGE
 
 
 class ImageRejected(Exception):

@@ -18,13 +18,9 @@ import torch
 from .clip import ClipModel, NounEmbeddings
 from .config import MatchConfig
 from .keys import pair_key
-from .records import NOUN_LEVEL, Pair, Reject, Sample
+from .reasons import BELOW_MIN_MARGIN, BELOW_MIN_SCORE, NO_FREE_PROPOSAL, NOUN_LEVEL, OVER_MAX_PAIRS
+from .records import Pair, Reject, Sample
 from .regions import normalize, prepare_regions
-
-BELOW_MIN_SCORE = "below_min_score"
-BELOW_MIN_MARGIN = "below_min_margin"
-NO_FREE_PROPOSAL = "no_free_proposal"
-OVER_MAX_PAIRS = "over_max_pairs"
 
 
 @dataclass

@@ -14,8 +14,7 @@ from functools import cached_property
 import numpy as np
 from pycocotools import mask as mask_utils
 
-IMAGE_LEVEL = "image"
-NOUN_LEVEL = "noun"
+from .reasons import IMAGE_LEVEL
 
 
 @dataclass(frozen=True)

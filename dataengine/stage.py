@@ -14,9 +14,8 @@ import logging
 import time
 
 from .images import ImageRejected
+from .reasons import STAGE_ERROR
 from .records import Sample
-
-STAGE_ERROR = "stage_error"
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:

@@ -8,14 +8,10 @@ from __future__ import annotations
 from .config import MineConfig
 from .images import load_sample_image
 from .masks import finalize
+from .reasons import NO_CAPTION, NO_NOUNS, NO_PAIRS, NO_PROPOSALS
 from .records import Sample
 from .stage import Stage, share_time
 from .write import encode_pair
-
-NO_CAPTION = "no_caption"
-NO_NOUNS = "no_nouns"
-NO_PROPOSALS = "no_proposals"
-NO_PAIRS = "no_pairs"
 
 
 class NounStage(Stage):

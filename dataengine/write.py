@@ -21,7 +21,8 @@ import webdataset as wds
 from PIL import Image
 
 from .keys import pair_key
-from .records import IMAGE_LEVEL, Pair, Reject, Sample
+from .reasons import IMAGE_LEVEL
+from .records import Pair, Reject, Sample
 from .schema import SCHEMA_VERSION, arrow_schema
 from .stage import stage_stats
 

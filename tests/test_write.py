@@ -15,7 +15,8 @@ from readback import check_corpus
 
 from dataengine.config import MineConfig, SourceConfig
 from dataengine.pipeline import mine
-from dataengine.records import NOUN_LEVEL, Caption, NounMention, Pair, Proposals, Reject, Sample
+from dataengine.reasons import NOUN_LEVEL
+from dataengine.records import Caption, NounMention, Pair, Proposals, Reject, Sample
 from dataengine.schema import arrow_schema, load_schema
 from dataengine.write import CorpusWriter, Models
 

@@ -6,10 +6,9 @@ import numpy as np
 
 from ..images import ImageRejected
 from ..masks import rle_from_annotation
+from ..reasons import SIZE_MISMATCH
 from ..records import Proposals, Sample
 from . import ProposalGenerator
-
-SIZE_MISMATCH = "size_mismatch"
 
 
 class AnnotationProposals(ProposalGenerator):

@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from functools import cached_property
 
 from ..config import ConfigError, SourceConfig
+from ..reasons import DUPLICATE_KEY, SOURCE_ERROR
 from ..records import Sample
 
-DUPLICATE_KEY = "duplicate_key"
-SOURCE_ERROR = "source_error"
 READ_CHUNK = 1024
 
 

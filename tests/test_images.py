@@ -339,8 +339,9 @@ def test_no_path_and_no_bytes_is_missing_file():
     assert reject_reason(load_sample_image, None, None, MAX).reason == MISSING_FILE
 
 
-def test_directory_instead_of_file_is_decode_error(tmp_path):
-    assert reject_reason(load_sample_image, str(tmp_path), None, MAX).reason == DECODE_ERROR
+def test_directory_instead_of_file_is_missing_file_not_a_regular_file(tmp_path):
+    error = reject_reason(load_sample_image, str(tmp_path), None, MAX)
+    assert error.reason == MISSING_FILE and "not a regular file" in error.detail
 
 
 def test_reject_message_carries_reason_and_detail():

@@ -90,6 +90,27 @@ def create_source(config: SourceConfig) -> Source:
     return registry[config.type](config)
 
 
+def image_under(images_dir, relative: str, allow_outside: bool = False):
+    """(path, problem): the image `relative` names inside `images_dir`, and why it may not be read.
+
+    An absolute path, or one whose `..` parts lead outside the folder, is refused unless
+    `source.allow_outside_images` (`--allow-outside-images`) is set; the check is on the path as
+    written, so a symlink inside the folder is followed as usual."""
+    import posixpath
+    from pathlib import Path
+
+    if "\0" in relative:
+        return Path(images_dir), f"image path {relative!r} holds a NUL byte"
+    path = Path(images_dir) / relative
+    if allow_outside:
+        return path, None
+    normal = posixpath.normpath(relative.replace("\\", "/"))
+    if posixpath.isabs(normal) or normal == ".." or normal.startswith("../") or Path(relative).is_absolute():
+        return path, (f"image path {relative!r} is outside --images {images_dir} "
+                      "(allow with --allow-outside-images / source.allow_outside_images)")
+    return path, None
+
+
 def existing_path(value: str, flag: str, kind: str = "any"):
     from pathlib import Path
 

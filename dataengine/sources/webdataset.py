@@ -1,28 +1,43 @@
-"""WebDataset tars as img2dataset writes them: KEY.jpg (or png/webp) + KEY.txt and/or KEY.json.
+"""WebDataset tars as img2dataset writes them: KEY.jpg (or png/webp/...) + KEY.txt and/or KEY.json.
 
 The tars' headers are scanned once (tarfile, random access), so that the source knows its length
 and every key up front and any worker can read any range of samples by seeking to their members.
-Members are grouped into samples by webdataset's own rule (`base_plus_ext`). Uncompressed tars
-only, as img2dataset writes them.
+Members are grouped into samples by webdataset's own rule (`base_plus_ext`: the key runs up to the
+first dot of the member's basename, so `a.b.jpg` is key `a` with the member `b.jpg`); a member is
+the sample's image, caption or metadata by the last part of its extension, as webdataset's decoders
+tell them apart (`b.jpg` is an image, `x.txt` a caption).
+
+Compressed tars (`.tar.gz`, `.tgz`, `.tar.bz2`, `.tar.xz`, told by their first bytes, as
+`finetune` reads them too) are read through their decompressed stream; their images travel as
+bytes. A file that is empty, not a tar at all, or cut short is one `source_error` row that says
+which. Multi-frame images (an animated GIF) give their first frame. A `KEY.json` that is not a
+JSON object is a `bad_metadata` reject with the parser's message.
 """
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
 import json
+import lzma
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 
 from webdataset.tariterators import base_plus_ext
 
 from ..config import ConfigError
-from ..images import MISSING_FILE
 from ..keys import safe_key
+from ..nouns import normalize_caption
+from ..reasons import BAD_METADATA, MISSING_FILE, SOURCE_ERROR
 from ..records import Caption, Sample
-from . import SOURCE_ERROR, Source
+from . import Source
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+COMPRESSIONS = {b"\x1f\x8b": ("gz", gzip.open), b"BZh": ("bz2", bz2.open), b"\xfd7zXZ\x00": ("xz", lzma.open)}
+STREAM_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 
 @dataclass
@@ -31,6 +46,7 @@ class TarSample:
     key: str
     members: dict[str, tuple[int, int]] = field(default_factory=dict)  # extension -> (data offset, size)
     error: str | None = None  # set on the placeholder for an unreadable or truncated tar
+    compression: str | None = None  # gz | bz2 | xz; offsets are then in the decompressed stream
 
 
 class WebDatasetSource(Source):
@@ -40,6 +56,12 @@ class WebDatasetSource(Source):
         super().__init__(config)
         self.urls = _expand(self.require("urls", "--urls"))
         self.entries = [entry for url in self.urls for entry in scan_tar(url)]
+        self._streams: dict[str, object] = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_streams"] = {}  # open decompression streams stay with the process that opened them
+        return state
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -56,65 +78,113 @@ class WebDatasetSource(Source):
             sample = Sample(self.key(index), "", entry.url, [])
             sample.drop(SOURCE_ERROR, entry.error, "source")
             return sample
-        meta = _json_of(_read_member(entry, "json"))
-        text = _read_member(entry, "txt")
-        caption = text.decode("utf-8", "replace") if text is not None else str(meta.get("caption") or "")
-        image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in entry.members), None)
+        json_ext, text_ext = member_of(entry, ("json",)), member_of(entry, ("txt",))
+        image_ext = member_of(entry, IMAGE_EXTENSIONS)
+        meta, meta_error = _json_of(self._read_member(entry, json_ext))
+        text = self._read_member(entry, text_ext)
+        caption = text.decode("utf-8", "replace") if text is not None else meta.get("caption")
+        caption = normalize_caption(caption) if isinstance(caption, str) else ""
+        compressed = entry.compression is not None
         sample = Sample(
             key=self.key(index),
             image_id=str(meta.get("key", entry.key)),
             source=f"{entry.url}#{entry.key}.{image_ext or '?'}",
             captions=[Caption("0", caption)] if caption else [],
-            image_path=entry.url,
-            image_range=entry.members[image_ext] if image_ext else None,
+            image_path=entry.url if not compressed else None,
+            image_range=entry.members[image_ext] if image_ext and not compressed else None,
+            image_bytes=self._read_member(entry, image_ext) if image_ext and compressed else None,
         )
-        if image_ext is None:
-            sample.drop(MISSING_FILE, f"no image member ({'/'.join(IMAGE_EXTENSIONS)}) for key {entry.key}", "source")
+        if meta_error:
+            sample.drop(BAD_METADATA, f"{entry.key}.{json_ext}: {meta_error}", "source")
+        elif image_ext is None:
+            found = ", ".join(sorted(entry.members)) or "none"
+            sample.drop(MISSING_FILE, f"no image member ({'/'.join(IMAGE_EXTENSIONS)}) for key {entry.key} "
+                                      f"(its members: {found})", "source")
         return sample
+
+    def _read_member(self, entry: TarSample, extension: str | None) -> bytes | None:
+        if extension is None:
+            return None
+        offset, size = entry.members[extension]
+        if entry.compression is None:
+            with open(entry.url, "rb") as handle:
+                handle.seek(offset)
+                return handle.read(size)
+        stream = self._streams.get(entry.url)
+        if stream is None or stream.tell() > offset:  # samples are read in order: seeking forward is cheap
+            if stream is not None:
+                stream.close()
+            stream = self._streams[entry.url] = _opener(entry.compression)(entry.url, "rb")
+        stream.seek(offset)
+        return stream.read(size)
 
     def describe(self) -> dict:
         return {"type": self.name, "urls": self.config.urls, "num_tars": len(self.urls), "num_images": len(self)}
 
 
+def member_of(entry: TarSample, kinds: tuple[str, ...]) -> str | None:
+    """The sample's member of one kind: an exact extension first (in `kinds` order), else the first
+    dotted extension whose last part is one of them (`b.jpg`), as webdataset's decoders match."""
+    for kind in kinds:
+        if kind in entry.members:
+            return kind
+    dotted = sorted(ext for ext in entry.members if "." in ext and ext.rsplit(".", 1)[1] in kinds)
+    return dotted[0] if dotted else None
+
+
 def scan_tar(url: str) -> list[TarSample]:
     """The samples of one tar, in member order, plus a placeholder error entry where the tar is
-    unreadable or truncated (tarfile reads a cut at a member header as the end of the archive, so
-    the missing samples would otherwise vanish silently)."""
+    empty, not a tar, unreadable or truncated (tarfile reads a cut at a member header as the end of
+    the archive, so the missing samples would otherwise vanish silently)."""
     entries: dict[str, TarSample] = {}
-    problem = _truncation(url)
+    size = os.path.getsize(url)
+    with open(url, "rb") as handle:
+        head = handle.read(8)
+    compression = next((name for magic, (name, _) in COMPRESSIONS.items() if head.startswith(magic)), None)
+    if size == 0:
+        return [_placeholder(url, f"{url}: empty file (0 bytes), not a tar archive")]
+    if compression is None and not _is_tar(url):
+        return [_placeholder(url, f"{url}: not a tar archive ({size} bytes starting {head!r})")]
+    problem = _truncation(url, size) if compression is None else None
     try:
-        with tarfile.open(url, "r:") as tar:
+        with tarfile.open(url, f"r:{compression or ''}") as tar:
             for info in tar:
                 base, extension = base_plus_ext(info.name)
                 if info.isfile() and base is not None:
-                    entry = entries.setdefault(base, TarSample(url, base))
+                    entry = entries.setdefault(base, TarSample(url, base, compression=compression))
                     entry.members[extension.lower()] = (info.offset_data, info.size)
-    except (tarfile.TarError, OSError) as error:
-        problem = problem or f"{url}: unreadable tar ({type(error).__name__}: {error})"
+    except STREAM_ERRORS as error:
+        kind = f"{compression}-compressed tar" if compression else "tar"
+        problem = problem or f"{url}: unreadable or truncated {kind} ({type(error).__name__}: {error}); samples after it are missing"
     samples = list(entries.values())
     if problem:
-        samples.append(TarSample(url, f"source-error-{os.path.basename(url)}", error=problem))
+        samples.append(_placeholder(url, problem))
     return samples
 
 
-def _truncation(url: str) -> str | None:
+def _placeholder(url: str, problem: str) -> TarSample:
+    return TarSample(url, f"source-error-{os.path.basename(url)}", error=problem)
+
+
+def _is_tar(url: str) -> bool:
+    try:
+        return tarfile.is_tarfile(url)
+    except OSError:
+        return False
+
+
+def _opener(compression: str):
+    return next(opener for name, opener in COMPRESSIONS.values() if name == compression)
+
+
+def _truncation(url: str, size: int) -> str | None:
     """A complete tar is a whole number of 512-byte blocks ending in (at least) two zero blocks."""
-    size = os.path.getsize(url)
     with open(url, "rb") as handle:
         handle.seek(max(0, size - 1024))
         tail = handle.read()
     if size % 512 or size < 1024 or tail.strip(b"\0"):
         return f"{url}: truncated tar ({size} bytes, no end-of-archive blocks); samples after the cut are missing"
     return None
-
-
-def _read_member(entry: TarSample, extension: str) -> bytes | None:
-    if extension not in entry.members:
-        return None
-    offset, size = entry.members[extension]
-    with open(entry.url, "rb") as handle:
-        handle.seek(offset)
-        return handle.read(size)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -131,11 +201,14 @@ def _expand(pattern: str) -> list[str]:
     return paths
 
 
-def _json_of(data: bytes | None) -> dict:
-    if not data:
-        return {}
+def _json_of(data: bytes | None) -> tuple[dict, str | None]:
+    """(the metadata object, None), or ({}, the parser's message) when it is not a JSON object."""
+    if data is None:
+        return {}, None
     try:
         value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        return {}, f"not valid JSON ({type(error).__name__}: {error})"
+    if not isinstance(value, dict):
+        return {}, f"a JSON {type(value).__name__}, not an object"
+    return value, None

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import load_state_dict
 from .config import ConfigError
 from .hub import hub_access
 
@@ -134,7 +136,10 @@ def fetch_clip_weights(spec: str) -> None:
     import open_clip
 
     name, pretrained = check_clip_spec(spec)
-    if not pretrained or Path(pretrained).exists() or name.startswith(("hf-hub:", "local-dir:")):
+    if pretrained and Path(pretrained).exists():
+        check_clip_checkpoint(spec)
+        return
+    if not pretrained or name.startswith(("hf-hub:", "local-dir:")):
         return
     try:
         with hub_access():
@@ -154,13 +159,18 @@ def load_clip(spec: str, device: str = "cpu", seed: int = 0) -> ClipModel:
     name, pretrained = check_clip_spec(spec)
     if not pretrained:
         log.info("CLIP %s: no pretrained weights requested: seeded random initialisation", name)
+    checkpoint = _checkpoint_file(name, pretrained)
+    if checkpoint:
+        _read_checkpoint(checkpoint)  # weights only: refused before open_clip unpickles it
     quick_gelu = _trained_with_quick_gelu(name, pretrained)
     try:
         with torch.random.fork_rng(devices=[]), hub_access():
             torch.manual_seed(seed)
             model = open_clip.create_model(name, pretrained=pretrained, device=device, force_quick_gelu=quick_gelu)
-    except RuntimeError as error:
-        raise ConfigError(f"--clip: cannot load {spec}: {str(error).splitlines()[0]}") from error
+    except Exception as error:  # a file's contents can make the loading fail in many ways
+        if not (checkpoint or isinstance(error, RuntimeError)):
+            raise
+        raise ConfigError(f"--clip: cannot load {spec}: {_first_line(error)}") from None
     model.eval()
     visual = model.visual
     size = visual.image_size if isinstance(visual.image_size, int) else visual.image_size[0]
@@ -168,6 +178,46 @@ def load_clip(spec: str, device: str = "cpu", seed: int = 0) -> ClipModel:
     return ClipModel(spec, model, open_clip.get_tokenizer(name), device, int(size),
                      tuple(visual.image_mean or open_clip.OPENAI_DATASET_MEAN),
                      tuple(visual.image_std or open_clip.OPENAI_DATASET_STD), architecture)
+
+
+def _checkpoint_file(name: str, pretrained: str | None) -> str | None:
+    """The user's checkpoint file of a spec (None for a pretrained tag or a hub model)."""
+    if not pretrained or name.startswith(("hf-hub:", "local-dir:")) or not Path(pretrained).exists():
+        return None
+    return pretrained
+
+
+def _read_checkpoint(path: str) -> None:
+    """A checkpoint file holds tensors and plain containers only (a .safetensors or .npz file
+    cannot hold code and is left to open_clip's own readers)."""
+    if not path.endswith((".safetensors", ".npz", ".npy")):
+        load_state_dict(path, "--clip", mmap=True)
+
+
+def check_clip_checkpoint(spec: str) -> None:
+    """Everything about a checkpoint file that can fail, checked without allocating the weights: it
+    loads weights only, and its tensors fit the model (open_clip loads them into a model on the
+    meta device, with its own conversions). A run calls this before it touches its output folder."""
+    import open_clip
+
+    name, pretrained = check_clip_spec(spec)
+    checkpoint = _checkpoint_file(name, pretrained)
+    if not checkpoint:
+        return
+    _read_checkpoint(checkpoint)
+    try:
+        with warnings.catch_warnings():  # loading into meta tensors warns once per parameter
+            warnings.simplefilter("ignore")
+            open_clip.create_model(name, pretrained=checkpoint, device="meta")
+    except Exception as error:
+        raise ConfigError(f"--clip: cannot load {spec}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """One line of a loading error ('Error(s) in loading state_dict' says what is wrong on its second)."""
+    text = " ".join(line.strip() for line in str(error).strip().splitlines()[:2])
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return text if isinstance(error, RuntimeError) and text else f"{type(error).__name__}: {text}"
 
 
 def _trained_with_quick_gelu(name: str, pretrained: str | None) -> bool:

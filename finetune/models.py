@@ -44,8 +44,12 @@ class EvalModel:
 
 def describe_run(folder: Path) -> tuple[str, str | None, int]:
     """A finetune run folder -> (clip spec with its finetuned weights, prompt file or None, seed)."""
-    summary = json.loads((folder / "train.json").read_text())
-    config = summary["config"]
+    try:
+        summary = json.loads((folder / "train.json").read_text())
+        config = summary["config"]
+        config["clip"]  # noqa: B018 (a run folder names its base model)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"--model: {folder / 'train.json'} is not a finetune summary ({type(error).__name__})") from None
     if not summary.get("finished"):
         log.warning("%s is an unfinished training run: evaluating its latest saved weights and prompts", folder)
     name = summary.get("architecture") or parse_clip_spec(config["clip"])[0]

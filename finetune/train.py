@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dataengine.checkpoint import load_state_dict, load_tensors
 from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
 
 from .config import TrainConfig, TrainConfigError
@@ -35,6 +36,7 @@ from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in
 log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100)
 CHECKPOINT_FORMAT = "dataengine-finetune-checkpoint/1"
+CHECKPOINT_KEYS = {"phase", "epoch", "step", "consumed", "global_step", "trainable", "optimizer", "schedule"}
 
 
 # ---------------------------------------------------------------- loss
@@ -125,6 +127,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False):
         self.config = config
         self.out = Path(config.out)
+        check_out(self.out)
         self.device = resolve_device(config.device)
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))  # pinned memory and autocast follow it
@@ -146,8 +149,9 @@ class Trainer:
             return {"phase": 0, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0, "global_step": 0}
         if not checkpoint.exists():
             raise TrainConfigError(f"--resume: no checkpoint at {checkpoint}")
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if saved.get("format") != CHECKPOINT_FORMAT:
+        saved = load_tensors(checkpoint, "--resume")
+        if (not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT
+                or not isinstance(saved.get("config"), dict) or not CHECKPOINT_KEYS <= set(saved)):
             raise TrainConfigError(f"--resume: {checkpoint} is not a dataengine finetune checkpoint")
         changed = self.config.differences(saved["config"])
         if changed:
@@ -165,9 +169,9 @@ class Trainer:
     def _text_embeddings(self) -> torch.Tensor:
         cache = self.out / "text_embeddings.pt"
         key = {"clip": self.config.clip, "vocabulary": self.corpus.vocabulary}
-        if cache.exists():
-            saved = torch.load(cache, map_location="cpu", weights_only=False)
-            if saved.get("key") == key:
+        if cache.exists() or cache.is_symlink():
+            saved = load_tensors(cache, "--out")  # a file in the output folder is untrusted
+            if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("embeddings"), torch.Tensor):
                 return saved["embeddings"].to(self.device)
         log.info("encoding %d nouns x %d templates", len(self.corpus.vocabulary), 14)
         embeddings = NounEmbeddings(self.clip)(self.corpus.vocabulary).clone()  # a normal tensor, not an inference one
@@ -224,7 +228,7 @@ class Trainer:
 
     def _restore_finished_phase(self, name: str) -> None:
         if name == "ft":
-            self.clip.model.load_state_dict(torch.load(self.out / "model.pt", map_location=self.device))
+            self.clip.model.load_state_dict(load_state_dict(self.out / "model.pt", "--resume", self.device))
 
     def _run_phase(self, index: int, name: str) -> dict:
         config = self.config
@@ -416,6 +420,15 @@ def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def check_out(out: Path) -> None:
+    """--out is a folder, or nothing yet (it is made once the models have loaded)."""
+    if out.exists() and not out.is_dir():
+        raise TrainConfigError(f"--out: {out} exists and is not a folder")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise TrainConfigError(f"--out: {parent} is not a folder")
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict:

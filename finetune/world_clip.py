@@ -179,6 +179,7 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     import open_clip
     from open_clip.loss import ClipLoss
 
+    from dataengine.checkpoint import load_state_dict
     from dataengine.clip import ClipModel, register_package_models
     from dataengine.world import THINGS
 
@@ -189,7 +190,7 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     generator = np.random.default_rng(seed)
     model = open_clip.create_model(MODEL, device=device)
     if init is not None:
-        state = torch.load(init, map_location=device, weights_only=True)
+        state = load_state_dict(init, "--init", device)
         model.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor
                                for name, tensor in state.items()})
     tokenizer = open_clip.get_tokenizer(MODEL)
@@ -253,8 +254,7 @@ def check(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dataengine.clip import resolve_device
-    from dataengine.world import generate_world
+    from dataengine.config import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true",
@@ -276,13 +276,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--out", default=str(WEIGHTS.parent), help=f"output folder (default: {WEIGHTS.parent})")
     args = parser.parse_args(argv)
-    if args.check:
-        return check(args)
+    try:
+        return check(args) if args.check else train_command(args, argv)
+    except ConfigError as error:  # a user's error (a bad weights file, device...): one line
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def train_command(args, argv: list[str] | None) -> int:
+    from dataengine.checkpoint import load_state_dict
+    from dataengine.clip import resolve_device
+    from dataengine.world import generate_world
+
+    device = resolve_device(args.device)
+    if args.init:
+        load_state_dict(args.init, "--init", mmap=True)  # refused before the world is generated
     with tempfile.TemporaryDirectory(prefix="world-") as folder:
         generate_world(folder, scenes=args.scenes, seed=args.seed, heldout=0.0, close_up_share=args.close_up_share,
                        terse_share=args.terse_share)
         result = train_world_clip(Path(folder), Path(args.out), args.epochs, args.batch_size, args.lr, args.seed,
-                                  resolve_device(args.device), init=Path(args.init) if args.init else None)
+                                  device, init=Path(args.init) if args.init else None)
     result["command"] = "python -m finetune.world_clip " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.init:  # the log of the run it continues, so that one file tells the whole history
         previous = Path(args.init).with_name("train_log.json")

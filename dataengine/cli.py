@@ -49,6 +49,11 @@ MINE_FLAGS = (
     Flag("--image-column", "source.image_column", "folder/hf: image column (default: auto-detected)", metavar="NAME"),
     Flag("--caption-column", "source.caption_column", "folder/hf: caption column (default: auto-detected)", metavar="NAME"),
     Flag("--id-column", "source.id_column", "folder/hf: column with a stable sample id (default: path or row)", metavar="NAME"),
+    Flag("--allow-outside-images", "source.allow_outside_images", "coco/folder: read image paths that are absolute or "
+         "lead outside --images (default: such a row is a source_error reject)", bool, action="store_true"),
+    Flag("--annotation-frame", "source.annotation_frame", "coco --instances: masks drawn on the stored pixels (default: "
+         "stored, COCO's own) or on the EXIF-rotated view (exif); the JSON's width/height decide where they can",
+         choices=("stored", "exif")),
     Flag("--proposals", "proposals.generator", "mask proposals: annotations | classical | hf:MODEL_ID_OR_PATH (default: classical)", metavar="GEN"),
     Flag("--mask-threshold", "proposals.mask_threshold",
          "probability at which learned soft masks are binarized (hf generators), 0..1 (default: 0.4)", float, "T"),

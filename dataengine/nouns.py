@@ -17,7 +17,7 @@ from .data import read_word_list
 from .records import NounMention
 
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9:-]*(?:\s[^<>]*)?/?>")
-_WORD = re.compile(r"[^\W\d_]+(?:['\u2019-][^\W\d_]+)*")
+_WORD = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
 # spaCy stop words that can be nouns ("the top of a hill"); the other stop words tagged NOUN are
 # function words ("a the of" tags "of" a noun). The non-visual list decides about these.
 KEPT_STOP_WORDS = frozenset({"amount", "back", "bottom", "call", "front", "hundred", "keep", "mine", "move", "name",
@@ -177,7 +177,7 @@ def normalize_caption(text) -> str:
 
 
 def _is_word(lemma: str) -> bool:
-    """A noun is a word: letters, with inner hyphens or apostrophes ("t-shirt"), at least two of them."""
+    """A noun is a word: letters, with inner hyphens ("t-shirt"), at least two of them."""
     return len(lemma) > 1 and _WORD.fullmatch(lemma) is not None
 
 

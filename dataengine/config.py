@@ -40,12 +40,6 @@ class SourceConfig:
     # Where the JSON's width/height match only one frame (90-degree orientations swap them), they decide.
     annotation_frame: str = "stored"
     allow_outside_images: bool = False  # coco/folder: read image paths that are absolute or lead outside --images
-    max_file_bytes: int = 512 * 2**20  # image files (or tar members) larger than this are too_large; only regular files are read
-    max_pixels_per_byte: float = 1000.0  # above 4 Mpx, more pixels per encoded byte than this is a decompression bomb (too_large)
-    # coco --instances: the frame the masks were drawn in: "stored" pixels (COCO's own) or the "exif"-rotated view.
-    # Where the JSON's width/height match only one frame (90-degree orientations swap them), they decide.
-    annotation_frame: str = "stored"
-    allow_outside_images: bool = False  # coco/folder: read image paths that are absolute or lead outside --images
 
 
 @dataclass
@@ -169,10 +163,6 @@ class MineConfig:
         _check_range("write.jpeg_quality", self.write.jpeg_quality, 1, 100)
         _check_positive("images_per_batch", self.images_per_batch)
         _check_positive("source.max_pixels", self.source.max_pixels)
-        _check_positive("source.max_file_bytes", self.source.max_file_bytes)
-        _check_range("source.max_pixels_per_byte", self.source.max_pixels_per_byte, 1e-3, 1e12)
-        if self.source.annotation_frame not in ("stored", "exif"):
-            raise ConfigError(f"source.annotation_frame: expected stored or exif, got {self.source.annotation_frame!r}")
         _check_positive("source.max_file_bytes", self.source.max_file_bytes)
         _check_range("source.max_pixels_per_byte", self.source.max_pixels_per_byte, 1e-3, 1e12)
         if self.source.annotation_frame not in ("stored", "exif"):

@@ -1,0 +1,124 @@
+"""The mining stages, in pipeline order: nouns -> decode -> proposals -> match.
+
+Nouns come first because they are cheap: an image whose captions hold no noun is never decoded.
+"""
+
+from __future__ import annotations
+
+from .config import MineConfig
+from .images import decode_sample
+from .masks import finalize
+from .reasons import NO_CAPTION, NO_NOUNS, NO_PAIRS, NO_PROPOSALS
+from .records import Sample
+from .stage import Stage, share_time
+from .write import encode_pair
+
+
+class NounStage(Stage):
+    name = "nouns"
+
+    def __init__(self, config: MineConfig):
+        super().__init__()
+        self.config = config.nouns
+        self.extractor = None
+
+    def setup(self) -> None:
+        from .nouns import NounExtractor
+
+        if self.extractor is None:
+            self.extractor = NounExtractor(self.config)
+
+    @property
+    def model_id(self) -> str:
+        self.setup()
+        return self.extractor.model_name
+
+    def process_batch(self, samples: list[Sample]) -> None:
+        from .nouns import image_nouns
+
+        self.setup()
+        limit = self.config.max_captions_per_image
+        captions = [[c for c in s.captions if c.text.strip()][:limit] for s in samples]
+        mentions = iter(self.extractor.mentions([c.text for used in captions for c in used]))
+        for sample, used in zip(samples, captions, strict=True):
+            if not used:
+                sample.drop(NO_CAPTION, f"{len(sample.captions)} caption(s), none with text", self.name)
+                continue
+            sample.nouns = image_nouns(used, [next(mentions) for _ in used])
+            if not sample.nouns:
+                sample.drop(NO_NOUNS, f"no visual noun in {len(used)} caption(s)", self.name)
+
+
+class DecodeStage(Stage):
+    name = "decode"
+
+    def __init__(self, config: MineConfig):
+        super().__init__()
+        self.source = config.source  # max_pixels, max_file_bytes, max_pixels_per_byte
+
+    def process(self, sample: Sample) -> None:
+        decode_sample(sample, self.source)
+
+
+class ProposalStage(Stage):
+    name = "proposals"
+
+    def __init__(self, config: MineConfig, device: str):
+        from .proposals import create_generator
+
+        super().__init__()
+        self.config = config.proposals
+        self.generator = create_generator(self.config.generator, self.config, device)
+
+    def setup(self) -> None:
+        self.generator.setup()
+
+    def process_batch(self, samples: list[Sample]) -> None:
+        for sample, proposals in zip(samples, self.generator.generate_batch(samples), strict=True):
+            if self.generator.postprocess:
+                cfg = self.config
+                proposals = finalize(proposals, sample.height * sample.width, min_area=cfg.min_area,
+                                     max_area=cfg.max_area, nms_iou=cfg.nms_iou, max_proposals=cfg.max_proposals)
+            sample.proposals = proposals
+            if not len(proposals):
+                sample.drop(NO_PROPOSALS, f"{self.generator.model_id} gave no non-empty mask", self.name)
+
+
+class MatchStage(Stage):
+    name = "match"
+
+    def __init__(self, config: MineConfig, device: str):
+        super().__init__()
+        self.config = config.match
+        self.jpeg_quality = config.write.jpeg_quality
+        self.device = device
+        self.matcher = None
+
+    def setup(self) -> None:
+        import torch
+
+        from .clip import load_clip
+        from .match import RegionMatcher
+
+        if self.matcher is None:
+            if not self.device.startswith("cuda"):
+                torch.set_num_threads(self.config.cpu_threads)  # see MatchConfig.cpu_threads
+            self.matcher = RegionMatcher(load_clip(self.config.clip, self.device, self.config.seed), self.config)
+
+    def process_batch(self, samples: list[Sample]) -> None:
+        self.setup()
+        before = dict(self.matcher.timer.seconds)
+        self.matcher.match(samples)
+        for phase, seconds in self.matcher.timer.seconds.items():
+            share_time(samples, f"{self.name}.{phase}", seconds - before.get(phase, 0.0))
+        for sample in samples:
+            sample.image = None  # the pairs hold their crops; the full image is no longer needed
+            for pair in sample.pairs:
+                encode_pair(pair, self.jpeg_quality)
+            if not sample.pairs:
+                reasons = sorted({r.reason for r in sample.noun_rejects})
+                sample.drop(NO_PAIRS, f"all {len(sample.nouns)} noun(s) rejected: {', '.join(reasons)}", self.name)
+
+
+def build_stages(config: MineConfig, device: str) -> list[Stage]:
+    return [NounStage(config), DecodeStage(config), ProposalStage(config, device), MatchStage(config, device)]

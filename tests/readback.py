@@ -30,7 +30,7 @@ def read_shards_with_webdataset(out: Path) -> list[dict]:
     if not tars:
         return []
     samples = []
-    for sample in wds.WebDataset(tars, shardshuffle=False, empty_check=False):
+    for sample in wds.WebDataset(tars, shardshuffle=False):
         assert set(sample) >= {"__key__", "jpg", "mask.png", "txt", "json"}, sample.keys()
         samples.append(sample)
     return samples

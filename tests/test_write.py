@@ -79,7 +79,7 @@ def test_shard_members_and_atomic_commit(tmp_path):
 
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [f"pairs-00000{i}.tar" for i in range(3)]
     shards = str(out / "shards" / "pairs-{000000..000002}.tar")
-    assert list(wds.WebDataset(shards, shardshuffle=False, empty_check=False)) == []
+    assert list(wds.WebDataset(shards, shardshuffle=False)) == []
     assert all(pq.read_table(path).num_rows == 0 for path in (out / "index").glob("*.parquet"))
     rejects = [row for path in sorted((out / "rejects").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
     assert {r["reason"] for r in rejects if r["level"] == "noun"} == {"below_min_score"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+DEFAULT_MASK_PIXELS = 1 << 26  # 64 Mi mask pixels: 64 MiB as booleans, 256 MiB as float logits
+# Ray puts Unix sockets at TEMP_DIR/session_<date>_<pid>/sockets/plasma_store, and a socket path may
+# hold at most 107 bytes on Linux: what the session part takes is left off for --ray-temp-dir.
+RAY_SOCKET_SUFFIX = "/session_2000-01-01_00-00-00_000000_4194304/sockets/plasma_store.1"
+RAY_TEMP_DIR_MAX_BYTES = 107 - len(RAY_SOCKET_SUFFIX)
 
 
 class ConfigError(ValueError):
@@ -120,6 +127,7 @@ class RayConfig:
     actor_cpus: float | None = None  # CPU slots per model actor; None: 1 with a GPU, 0 without (shares the cores)
     actor_gpus: float | None = None  # GPUs per model actor; None: 1 when the cluster has GPUs and --device allows
     max_retries: int = 3  # retries of a failed task and restarts of a dead actor (worker or node loss)
+    connect_timeout_s: float = 30.0  # with an address: seconds to reach the cluster before failing with a message
 
 
 @dataclass
@@ -136,6 +144,10 @@ class MineConfig:
     executor: str = "ray"  # ray (embedded local Ray, or a cluster with ray.address) | local (one process)
     ray: RayConfig = field(default_factory=RayConfig)
     progress: bool = True
+    # Memory per sample: at most this many mask pixels (proposals x image pixels) are held decoded or
+    # upsampled at once, by proposal generators and matching; larger images work in more, smaller
+    # chunks, with the same output. A sample that still runs out of memory becomes an out_of_memory reject.
+    mask_pixels_per_chunk: int = DEFAULT_MASK_PIXELS
 
     def validate(self) -> MineConfig:
         _check_range("proposals.mask_threshold", self.proposals.mask_threshold, 0.0, 1.0)
@@ -179,9 +191,27 @@ class MineConfig:
             _check_positive("ray.num_cpus", self.ray.num_cpus)
         if not isinstance(self.ray.max_retries, int) or self.ray.max_retries < 0:
             raise ConfigError(f"ray.max_retries: must be a non-negative integer, got {self.ray.max_retries!r}")
+        self._validate_ray()
+        _check_positive("mask_pixels_per_chunk", self.mask_pixels_per_chunk)
         if not self.out:
             raise ConfigError("out: an output folder is required (--out DIR)")
         return self
+
+    def _validate_ray(self) -> None:
+        ray = self.ray
+        for name in ("actor_cpus", "actor_gpus"):
+            if getattr(ray, name) is not None:
+                _check_range(f"ray.{name}", getattr(ray, name), 0.0, 1024.0)
+        if ray.num_gpus is not None and (not isinstance(ray.num_gpus, int) or ray.num_gpus < 0):
+            raise ConfigError(f"ray.num_gpus: must be a non-negative integer, got {ray.num_gpus!r}")
+        if ray.object_store_memory is not None:
+            _check_positive("ray.object_store_memory", ray.object_store_memory)
+        _check_range("ray.connect_timeout_s", ray.connect_timeout_s, 0.1, 86400.0)
+        if ray.temp_dir is not None:
+            length = len(str(Path(ray.temp_dir).absolute()).encode("utf-8", "surrogateescape"))
+            if length > RAY_TEMP_DIR_MAX_BYTES:
+                raise ConfigError(f"ray.temp_dir: {length} bytes long, at most {RAY_TEMP_DIR_MAX_BYTES} "
+                                  "(Ray's Unix socket paths under it must fit in 107 bytes); choose a shorter folder")
 
     def _validate_generators(self) -> None:
         classical, hf = self.proposals.classical, self.proposals.hf
@@ -215,6 +245,17 @@ def _check_positive(name: str, value) -> None:
         raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def short_repr(value) -> str:
+    """A bounded repr for error messages: a YAML alias bomb (a list of lists of lists..., shared
+    by reference) would otherwise take forever to print, and a long value would flood the line."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
     """Build dataclass `cls` from a nested dict, refusing unknown keys with their full path."""
     data = data or {}
@@ -232,7 +273,7 @@ def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
         if dataclasses.is_dataclass(hint):
             kwargs[name] = from_dict(hint, value, path)
         elif not _matches(value, hint):
-            raise ConfigError(f"{path}: expected {_type_name(hint)}, got {value!r}")
+            raise ConfigError(f"{path}: expected {_type_name(hint)}, got {short_repr(value)}")
         else:
             kwargs[name] = float(value) if hint is float else value
     return cls(**kwargs)
@@ -268,7 +309,13 @@ def load_yaml_config(path: str | Path) -> MineConfig:
     """Load a pipeline YAML; relative paths inside it are relative to the working directory, like flags."""
     path = resolve_pipeline_path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); save the YAML file as UTF-8") from error
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror or type(error).__name__})") from error
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error.__class__.__name__})") from error
     return from_dict(MineConfig, data)

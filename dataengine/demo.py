@@ -5,11 +5,12 @@ not a trained model's judgement)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from PIL import Image
 
-from .config import MineConfig, load_yaml_config
+from .config import ConfigError, MineConfig, load_yaml_config
 
 # (scikit-image loader, captions) for photos that ship inside scikit-image (no download).
 DEMO_PHOTOS = {
@@ -44,24 +45,58 @@ def _load_photo(name: str):
     return getattr(data, name)()
 
 
+def _captions_table() -> str:
+    return "".join(json.dumps({"image": f"{name}.png", "captions": captions}) + "\n"
+                   for name, captions in DEMO_PHOTOS.items())
+
+
+def check_demo_folder(out: Path) -> None:
+    """The demo replaces only what it wrote itself: its input (OUT/input: the photos and their
+    captions) and a corpus (the mining run's own rule: only files its run.json names). Anything
+    else in the way is refused before a file is touched."""
+    folder = out / "input"
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ConfigError(f"demo: {folder} is not the demo's input folder; move it away or choose another --out")
+    if not folder.exists():
+        return
+    ours = {"images", "captions.jsonl"}
+    theirs = sorted(set(os.listdir(folder)) - ours)
+    images = folder / "images"
+    if images.is_symlink() or (images.exists() and not images.is_dir()):
+        theirs.append("images")
+    elif images.exists():
+        theirs += [f"images/{name}" for name in sorted(set(os.listdir(images)) - {f"{n}.png" for n in DEMO_PHOTOS})]
+        theirs += [f"images/{p.name}" for p in images.iterdir() if p.is_symlink() or not p.is_file()]
+    table = folder / "captions.jsonl"
+    if table.is_symlink() or (table.exists() and (not table.is_file() or table.read_bytes() != _captions_table().encode())):
+        theirs.append("captions.jsonl")
+    if theirs:
+        raise ConfigError(f"demo: {folder} holds files the demo did not write ({', '.join(sorted(set(theirs))[:3])}); "
+                          "move them away or choose another --out")
+
+
 def write_demo_input(folder: Path) -> tuple[Path, Path]:
     """Write the photos (PNG, their own modes: RGB, grey, binary, RGBA) and a captions JSONL."""
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name, captions in DEMO_PHOTOS.items():
+    for name in DEMO_PHOTOS:
         path = images / f"{name}.png"
         if not path.exists():
             Image.fromarray(_load_photo(name)).save(path)
-        rows.append({"image": path.name, "captions": captions})
     table = folder / "captions.jsonl"
-    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    table.write_text(_captions_table())
     return images, table
 
 
 def demo_config(out: str | Path, progress: bool = True) -> MineConfig:
     """pipelines/demo.yaml, pointed at OUT (the demo's input is written to OUT/input)."""
     config = load_yaml_config("demo")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a folder")
+    from .output import OutputFolder
+
+    OutputFolder(out).check_overwrite()
+    check_demo_folder(Path(out))
     images, table = write_demo_input(Path(out) / "input")
     config.source.images, config.source.captions = str(images), str(table)
     config.out, config.progress = str(out), progress
@@ -69,6 +104,8 @@ def demo_config(out: str | Path, progress: bool = True) -> MineConfig:
 
 
 def run_demo(out: str | Path, progress: bool = True) -> dict:
+    """Mine the demo into OUT, replacing an earlier demo there (--overwrite's rule: only what
+    dataengine wrote is deleted; anything else in the way is refused)."""
     from .pipeline import mine
 
     return mine(demo_config(out, progress), overwrite=True)

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from pycocotools import mask as mask_utils
 
 from .clip import ClipModel, NounEmbeddings
-from .config import MatchConfig
+from .config import DEFAULT_MASK_PIXELS, MatchConfig
 from .keys import pair_key
 from .reasons import BELOW_MIN_MARGIN, BELOW_MIN_SCORE, NO_FREE_PROPOSAL, NOUN_LEVEL, OVER_MAX_PAIRS
 from .records import Pair, Reject, Sample
@@ -119,11 +120,15 @@ def default_batch_size(device: str) -> int:
 
 
 class RegionMatcher:
-    """Scores every proposal of a batch of images against the images' nouns, batched across images."""
+    """Scores every proposal of a batch of images against the images' nouns, batched across images.
 
-    def __init__(self, clip: ClipModel, config: MatchConfig):
+    Masks are decoded a chunk at a time, at most `mask_pixels` mask pixels (masks x image pixels)
+    at once: memory per image stays bounded however large the image and however many proposals."""
+
+    def __init__(self, clip: ClipModel, config: MatchConfig, mask_pixels: int = DEFAULT_MASK_PIXELS):
         self.clip = clip
         self.config = config
+        self.mask_pixels = mask_pixels
         self.batch_size = config.batch_size or default_batch_size(clip.device)
         self.noun_embeddings = NounEmbeddings(clip)
         self.timer = Timer(clip.device)
@@ -157,20 +162,26 @@ class RegionMatcher:
     def _crops_of(self, sample: Sample):
         """Normalized crops of one sample's proposals, in chunks of similar box size (see `_size_chunks`)."""
         with self.timer.phase("prepare"):
-            image, masks, boxes = self._image_tensors(sample.image, sample.proposals)
-        for chosen in _size_chunks(boxes, self.batch_size):
+            image = self._image_tensor(sample.image)
+            boxes = torch.from_numpy(sample.proposals.boxes_xywh)
+        for chosen in _size_chunks(boxes, self._masks_per_chunk(sample.image)):
             with self.timer.phase("prepare"):
-                crops, _ = prepare_regions(image, masks[chosen.to(masks.device)], boxes[chosen], self.clip.image_size,
-                                           self.clip.fill_rgb)
+                masks = self._mask_tensor(sample.proposals.rles, chosen.tolist())
+                crops, _ = prepare_regions(image, masks, boxes[chosen], self.clip.image_size, self.clip.fill_rgb)
+                del masks
                 pixels = normalize(crops, self.clip.mean, self.clip.std)
             yield chosen, pixels  # outside the timed phase: the consumer runs forwards in between
 
-    def _image_tensors(self, image: np.ndarray, proposals):
-        device = self.clip.device
-        image = torch.from_numpy(np.ascontiguousarray(image)).to(device, non_blocking=True).permute(2, 0, 1)
-        masks = torch.from_numpy(proposals.decode()).to(device, non_blocking=True)
-        boxes = torch.from_numpy(proposals.boxes_xywh)
-        return image, masks, boxes
+    def _masks_per_chunk(self, image: np.ndarray) -> int:
+        return max(1, min(self.batch_size, self.mask_pixels // max(1, image.shape[0] * image.shape[1])))
+
+    def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(image)).to(self.clip.device, non_blocking=True).permute(2, 0, 1)
+
+    def _mask_tensor(self, rles: list[dict], indices: list[int]) -> torch.Tensor:
+        """The masks `indices` of `rles`, decoded at full resolution: (len(indices), H, W) bool."""
+        decoded = np.moveaxis(mask_utils.decode([rles[i] for i in indices]), -1, 0).astype(bool)
+        return torch.from_numpy(decoded).to(self.clip.device, non_blocking=True)
 
     def match(self, samples: list[Sample]) -> None:
         """Fill `pairs` and `noun_rejects` of every sample."""
@@ -192,11 +203,19 @@ class RegionMatcher:
     def _pairs(self, sample: Sample, choices: list[Choice]) -> list[Pair]:
         if not choices:
             return []
-        chosen = sample.proposals.filter(np.array([c.proposal_index for c in choices]))
-        image, masks, boxes = self._image_tensors(sample.image, chosen)
-        crops, crop_masks = prepare_regions(image, masks, boxes, self.clip.image_size, self.clip.fill_rgb)
-        crops = crops.permute(0, 2, 3, 1).cpu().numpy()
-        crop_masks = crop_masks.cpu().numpy()
+        image = self._image_tensor(sample.image)
+        proposals = [c.proposal_index for c in choices]
+        boxes = torch.from_numpy(sample.proposals.boxes_xywh[proposals])
+        step = self._masks_per_chunk(sample.image)
+        crops, crop_masks = [], []
+        for start in range(0, len(choices), step):
+            masks = self._mask_tensor(sample.proposals.rles, proposals[start : start + step])
+            chunk, chunk_masks = prepare_regions(image, masks, boxes[start : start + step], self.clip.image_size,
+                                                 self.clip.fill_rgb)
+            del masks
+            crops.append(chunk.permute(0, 2, 3, 1).cpu().numpy())
+            crop_masks.append(chunk_masks.cpu().numpy())
+        crops, crop_masks = np.concatenate(crops), np.concatenate(crop_masks)
         return [
             Pair(pair_key(sample.key, c.noun_index), sample.nouns[c.noun_index], c.proposal_index, c.score, c.margin,
                  crops[i], crop_masks[i])

@@ -3,22 +3,28 @@
 A concrete stage writes `process(sample)` (per sample) or `process_batch(samples)` (batched models).
 It rejects a sample with `sample.drop(reason, detail)`; an exception is caught here and becomes a
 reject row `stage_error` carrying the exception class and message, so one bad sample never takes
-down its batch. Each batch's time is shared out among its samples (`sample.timings`), so that the
+down its batch. A batch that fails as a whole is retried one sample at a time, each from the state
+it had before the batch (whatever the failed batch had already changed is undone). Running out of
+memory (MemoryError, CUDA out of memory) is retried the same way, and a sample that still runs out
+of memory alone, after one more try, becomes an `out_of_memory` reject: one huge image never fails
+the run, its retries or its resumes. Each batch's time is shared out among its samples (`sample.timings`), so that the
 stats of a shard follow from its samples wherever they were processed. Stages know nothing of
 executors: an executor calls `setup()` once per process, then the stage on lists of samples.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import logging
 import time
 
 from .images import ImageRejected
-from .reasons import STAGE_ERROR
+from .reasons import OUT_OF_MEMORY, STAGE_ERROR
 from .records import Sample
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
+def _memory_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [MemoryError]
     try:
         import torch
@@ -29,8 +35,43 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-TRANSIENT_ERRORS = _transient_errors()
+MEMORY_ERRORS = _memory_errors()
+# torch's CPU allocator fails with a plain RuntimeError; these words tell it apart.
+MEMORY_MESSAGES = ("can't allocate memory", "out of memory", "cannot allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MEMORY_ERRORS):
+        return True
+    return isinstance(error, RuntimeError) and any(words in str(error).lower() for words in MEMORY_MESSAGES)
+
+
 log = logging.getLogger(__name__)
+
+
+def free_memory() -> None:
+    """Give back what a failed attempt held before trying again (host garbage, CUDA's cache)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except (ImportError, RuntimeError):
+        pass
+
+
+def snapshot(sample: Sample) -> dict:
+    """The sample's fields, with its lists and dicts copied: enough to undo what a stage changed
+    (stages set fields and fill lists; they never write into the arrays they are given)."""
+    return {name: copy.copy(value) if isinstance(value, list | dict) else value
+            for name, value in vars(sample).items()}
+
+
+def restore(sample: Sample, state: dict) -> None:
+    vars(sample).clear()
+    vars(sample).update({name: copy.copy(value) if isinstance(value, list | dict) else value
+                         for name, value in state.items()})
 
 
 class Stage:
@@ -51,27 +92,49 @@ class Stage:
         if not live:
             return samples
         start = time.perf_counter()
-        try:
-            self.process_batch(live)
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception:  # a batched stage failed as a whole: find the culprit(s) one sample at a time
-            log.debug("%s: batch of %d failed, retrying one by one", self.name, len(live), exc_info=True)
-            for sample in live:
-                self._guarded(lambda s: self.process_batch([s]), sample)
+        before = [snapshot(sample) for sample in live]
+        if _attempt(self.process_batch, live) is not None:  # failed as a whole: one sample at a time
+            log.debug("%s: batch of %d failed, retrying one by one", self.name, len(live))
+            free_memory()
+            for sample, state in zip(live, before, strict=True):
+                restore(sample, state)  # undo whatever the failed batch had already done to it
+                self._guarded(lambda s: self.process_batch([s]), sample, retry_memory=len(live) > 1)
         share_time(live, self.name, time.perf_counter() - start)
         return samples
 
-    def _guarded(self, function, sample: Sample) -> None:
-        try:
-            function(sample)
-        except ImageRejected as rejected:
-            sample.drop(rejected.reason, rejected.detail, self.name)
-        except TRANSIENT_ERRORS:
-            raise  # not the sample's fault: fail the task (Ray retries it; a rerun resumes), never a reject row
-        except Exception as error:
-            log.debug("%s failed on %s", self.name, sample.key, exc_info=True)
+    def _guarded(self, function, sample: Sample, retry_memory: bool = True) -> None:
+        """Run `function(sample)`; a failure becomes the sample's reject. Out of memory is tried once
+        more alone, from the sample's state before, when `retry_memory`; then it is a reject too."""
+        state = snapshot(sample) if retry_memory else None
+        error = _attempt(function, sample)
+        if state is not None and is_out_of_memory(error):
+            log.debug("%s ran out of memory on %s; retrying it once alone", self.name, sample.key)
+            free_memory()
+            restore(sample, state)
+            error = _attempt(function, sample)
+        if error is None:
+            return
+        if isinstance(error, ImageRejected):
+            sample.drop(error.reason, error.detail, self.name)
+        elif is_out_of_memory(error):
+            log.warning("%s ran out of memory on %s alone: rejected as %s", self.name, sample.key, OUT_OF_MEMORY)
+            free_memory()
+            sample.drop(OUT_OF_MEMORY, f"{type(error).__name__}: {error}".splitlines()[0][:300], self.name)
+        else:
             sample.drop(STAGE_ERROR, f"{type(error).__name__}: {error}", self.name)
+
+
+def _attempt(function, argument) -> Exception | None:
+    """`function(argument)`; returns its exception, if any, without its traceback: the frames of a
+    failed attempt (and the memory they hold) are released before anything is retried."""
+    try:
+        function(argument)
+    except Exception as error:
+        log.debug("attempt failed", exc_info=True)
+        error.__traceback__ = None
+        error.__context__ = error.__cause__ = None
+        return error
+    return None
 
 
 def share_time(samples: list[Sample], name: str, seconds: float) -> None:

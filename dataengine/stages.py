@@ -5,6 +5,8 @@ Nouns come first because they are cheap: an image whose captions hold no noun is
 
 from __future__ import annotations
 
+import contextlib
+
 from .config import MineConfig
 from .images import decode_sample
 from .masks import finalize
@@ -69,6 +71,7 @@ class ProposalStage(Stage):
         super().__init__()
         self.config = config.proposals
         self.generator = create_generator(self.config.generator, self.config, device)
+        self.generator.mask_pixels = config.mask_pixels_per_chunk  # memory bound of its full-size masks
 
     def setup(self) -> None:
         self.generator.setup()
@@ -91,24 +94,40 @@ class MatchStage(Stage):
         super().__init__()
         self.config = config.match
         self.jpeg_quality = config.write.jpeg_quality
+        self.mask_pixels = config.mask_pixels_per_chunk
         self.device = device
         self.matcher = None
 
     def setup(self) -> None:
-        import torch
-
         from .clip import load_clip
         from .match import RegionMatcher
 
         if self.matcher is None:
-            if not self.device.startswith("cuda"):
-                torch.set_num_threads(self.config.cpu_threads)  # see MatchConfig.cpu_threads
-            self.matcher = RegionMatcher(load_clip(self.config.clip, self.device, self.config.seed), self.config)
+            with self.threads():
+                self.matcher = RegionMatcher(load_clip(self.config.clip, self.device, self.config.seed), self.config,
+                                             self.mask_pixels)
+
+    @contextlib.contextmanager
+    def threads(self):
+        """torch's CPU threads at `match.cpu_threads` for this stage's own work only; the process's
+        setting is restored after it (a caller's training or benchmark keeps its threads)."""
+        import torch
+
+        if self.device.startswith("cuda"):
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.config.cpu_threads)  # see MatchConfig.cpu_threads
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def process_batch(self, samples: list[Sample]) -> None:
         self.setup()
         before = dict(self.matcher.timer.seconds)
-        self.matcher.match(samples)
+        with self.threads():
+            self.matcher.match(samples)
         for phase, seconds in self.matcher.timer.seconds.items():
             share_time(samples, f"{self.name}.{phase}", seconds - before.get(phase, 0.0))
         for sample in samples:

@@ -6,10 +6,10 @@ shard's `stats/%06d.json` is written last and marks it done (img2dataset, datatr
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +39,11 @@ class Models:
     clip: str
     proposals: str
     nouns: str
+
+
+def temporary_name(name: str) -> str:
+    """Where the file `name` (relative to OUT) is written before its rename: OUT/_tmp/<this>."""
+    return name.replace("/", "__")
 
 
 def _round(value: float | None) -> float | None:
@@ -136,10 +141,11 @@ class CorpusWriter:
     def write_shard(self, shard: int, samples: list[Sample]) -> dict:
         metas = [(sample, pair, pair_metadata(sample, pair, self.models)) for sample in samples for pair in sample.pairs]
         rejects = [row for sample in samples for row in reject_rows(sample, shard)]
-        written = {  # a shard with no pair still gets its (empty) tar and index: brace patterns have no gaps
+        written = {  # every shard gets its tar, index and rejects, empty or not: patterns have no gaps, and
+            # readers of an empty table still get its typed columns (schemas/rejects.parquet.json)
             "tar": self._write_tar(shard, metas),
             "index": self._write_table(SHARD_INDEX.format(shard), [index_row(m, shard) for _, _, m in metas], "index"),
-            "rejects": self._write_table(SHARD_REJECTS.format(shard), rejects, "rejects") if rejects else None,
+            "rejects": self._write_table(SHARD_REJECTS.format(shard), rejects, "rejects"),
         }
         stats = {
             "shard": shard,
@@ -183,7 +189,7 @@ class CorpusWriter:
         return self._rename(temporary, name)
 
     def _temporary(self, name: str) -> Path:
-        return self.out / TMP_DIR / name.replace("/", "__")
+        return self.out / TMP_DIR / temporary_name(name)
 
     def _rename(self, temporary: Path, name: str) -> str:
         os.replace(temporary, self.out / name)
@@ -194,5 +200,6 @@ class CorpusWriter:
 
     def write_manifest(self, manifest: dict) -> Path:
         self._commit("manifest.json", json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
-        shutil.rmtree(self.out / TMP_DIR, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.out / TMP_DIR).rmdir()  # empty by now: every temporary was renamed into place
         return self.out / "manifest.json"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -83,17 +82,17 @@ def test_a_crash_while_clearing_an_old_corpus_never_looks_finished(coco_mini, tm
     old = job(coco_mini, out)
     old.match.max_pairs_per_image = 1  # an earlier corpus with other settings
     mine(old)
-    real = shutil.rmtree
+    real = Path.unlink
 
-    def crash_on_shards(path, *args, **kwargs):
-        if Path(path).name == "shards":
+    def crash_on_shards(path, *args, **kwargs):  # clearing deletes file by file, only what run.json names
+        if Path(path).parent.name == "shards":
             raise Crash("killed while clearing")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(shutil, "rmtree", crash_on_shards)
+    monkeypatch.setattr(Path, "unlink", crash_on_shards)
     with pytest.raises(Crash):
         mine(job(coco_mini, out), overwrite=True)
-    monkeypatch.setattr(shutil, "rmtree", real)
+    monkeypatch.setattr(Path, "unlink", real)
     assert not list((out / "stats").glob("*.json"))  # the done markers went first
     mine(job(coco_mini, out))
     assert_same_output(out, uninterrupted)

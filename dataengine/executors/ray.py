@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import shutil
+import socket
 import tempfile
 import uuid
 
@@ -129,15 +130,24 @@ class RayExecutor:
         settings = self.config.ray
         if not ray.is_initialized():
             common = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": False}
-            if settings.address:
-                ray.init(address=settings.address, **common)
-            else:
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own embedded instance: no token prompt
-                self.temp_dir = None if settings.temp_dir else tempfile.mkdtemp(prefix="dataengine-ray-")
-                # address="local": a new embedded instance even where RAY_ADDRESS names a cluster
-                ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-                         include_dashboard=False, _temp_dir=settings.temp_dir or self.temp_dir,
-                         object_store_memory=settings.object_store_memory, **common)
+            try:
+                if settings.address:
+                    check_reachable(settings.address, settings.connect_timeout_s)
+                    ray.init(address=settings.address, **common)
+                else:
+                    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # our own embedded instance: no token prompt
+                    self.temp_dir = None if settings.temp_dir else tempfile.mkdtemp(prefix="dataengine-ray-")
+                    # address="local": a new embedded instance even where RAY_ADDRESS names a cluster
+                    ray.init(address="local", num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                             include_dashboard=False, _temp_dir=settings.temp_dir or self.temp_dir,
+                             object_store_memory=settings.object_store_memory, **common)
+            except ConnectionError as error:  # "auto" with no cluster running, a refused handshake
+                raise ConfigError(f"--ray-address {settings.address}: {str(error).splitlines()[0]}") from None
+            except OSError as error:
+                if "AF_UNIX path length" not in str(error):
+                    raise
+                raise ConfigError("--ray-temp-dir: Ray's socket paths under it exceed 107 bytes; "
+                                  "choose a shorter folder") from None
             self.started_ray = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts images, pairs and shards
@@ -241,6 +251,31 @@ class RayExecutor:
         if self.temp_dir:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
+
+
+def check_reachable(address: str, timeout: float) -> None:
+    """Fail within `timeout` seconds, with a message, where nothing listens at a cluster address:
+    ray.init would otherwise retry for many minutes (`ray.connect_timeout_s`)."""
+    target = os.environ.get("RAY_ADDRESS") or address
+    if target == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address(target) or target  # the cluster `ray start` recorded
+        except ConnectionError as error:
+            raise ConfigError(f"--ray-address {address}: {str(error).splitlines()[0]}") from None
+        except Exception:  # Ray's own lookup changed: leave it to ray.init
+            return
+    host, _, port = target.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or type(error).__name__)
+        raise ConfigError(f"--ray-address {address}: no Ray cluster reachable at {host}:{port} within "
+                          f"{timeout:g} s ({reason}); start it, or check the address "
+                          "(the wait is ray.connect_timeout_s)") from None
 
 
 def _system_errors() -> tuple[type[BaseException], ...]:

@@ -2,7 +2,8 @@
 hierarchical RAG merges (scikit-image), scored by how many segmentations agree on them.
 
 Segmentation runs at `work_size` (longest side); kept masks are upsampled back (nearest) to the
-image's own size. A segment's score is the fraction of segmentation levels that contain a near
+image's own size and encoded a chunk at a time (at most `mask_pixels` mask pixels at once), so that
+a large image's memory stays bounded. A segment's score is the fraction of segmentation levels that contain a near
 copy of it (IoU >= nms_iou): regions that every scale and algorithm finds are likelier objects.
 """
 
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image
 from skimage import graph, segmentation
 
+from ..config import DEFAULT_MASK_PIXELS
 from ..masks import finalize, iou_matrix
 from ..records import Proposals, Sample
 from . import ProposalGenerator
@@ -20,6 +22,7 @@ from . import ProposalGenerator
 class ClassicalProposals(ProposalGenerator):
     name = "classical"
     postprocess = False  # done here, at work size, before upsampling only the survivors
+    mask_pixels = DEFAULT_MASK_PIXELS  # the run's mask_pixels_per_chunk, set by the proposal stage
 
     def generate(self, sample: Sample) -> Proposals:
         cfg = self.config
@@ -31,8 +34,7 @@ class ClassicalProposals(ProposalGenerator):
         candidates = Proposals(segments.rles, _agreement(ious >= cfg.nms_iou, level_of, len(levels)), self.name)
         kept = finalize(candidates, small.shape[0] * small.shape[1], min_area=cfg.min_area, max_area=cfg.max_area,
                         nms_iou=cfg.nms_iou, max_proposals=cfg.max_proposals, ious=ious)
-        full = _upsample(kept.decode(), sample.image.shape[:2]) if len(kept) else masks[:0]
-        return Proposals.from_masks(full, kept.scores, self.name)
+        return _upsampled(kept, sample.image.shape[:2], self.mask_pixels, self.name)
 
     def segmentation_levels(self, image: np.ndarray) -> list[np.ndarray]:
         """Label maps, finest first per algorithm: Felzenszwalb scales, SLIC sizes, then RAG merges of the finest of each."""
@@ -134,6 +136,17 @@ def _resize_longest(image: np.ndarray, size: int) -> np.ndarray:
         return image
     shape = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(shape, Image.BILINEAR))
+
+
+def _upsampled(kept: Proposals, shape: tuple[int, int], mask_pixels: int, name: str) -> Proposals:
+    """`kept` (work size) upsampled to `shape` and encoded, at most `mask_pixels` mask pixels at a time."""
+    if not len(kept):
+        return Proposals([], np.zeros(0), name)
+    step = max(1, mask_pixels // max(1, shape[0] * shape[1]))
+    parts = [Proposals.from_masks(_upsample(kept.filter(np.arange(start, min(start + step, len(kept)))).decode(), shape),
+                                  kept.scores[start : start + step], name)
+             for start in range(0, len(kept), step)]
+    return Proposals([rle for part in parts for rle in part.rles], np.concatenate([part.scores for part in parts]), name)
 
 
 def _upsample(masks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -4,7 +4,9 @@
   part in mining; a query's confidence is its best class probability with the no-object class
   excluded (as in MaskFormer's own instance inference), and its class probabilities (no-object
   excluded, renormalized) travel with the mask for the benchmarks' ensemble. Mask logits are brought back to the image's own size,
-  passed through a sigmoid and binarized at `proposals.mask_threshold`.
+  passed through a sigmoid and binarized at `proposals.mask_threshold`, a few queries at a time
+  (at most `mask_pixels_per_chunk` float pixels at once: Q x H x W logits of a large image would
+  take gigabytes).
 - SAM: the transformers "mask-generation" pipeline (automatic mask generation on a point grid),
   with `proposals.mask_threshold` (as the logit of that probability) and SAM's own quality
   thresholds (`proposals.hf.pred_iou_thresh`, `proposals.hf.stability_score_thresh`).
@@ -18,7 +20,7 @@ import math
 
 import numpy as np
 
-from ..config import ConfigError, ProposalConfig
+from ..config import DEFAULT_MASK_PIXELS, ConfigError, ProposalConfig
 from ..hub import hub_access
 from ..records import Proposals, Sample
 from . import ProposalGenerator
@@ -53,7 +55,18 @@ def _logit(probability: float) -> float:
     return math.log(probability / (1 - probability))
 
 
+def _joined(parts: list[Proposals], name: str, class_labels=None) -> Proposals:
+    """One Proposals of several encoded chunks, in order."""
+    probs = None
+    if parts and parts[0].class_probs is not None:
+        probs = np.concatenate([part.class_probs for part in parts])
+    scores = np.concatenate([part.scores for part in parts]) if parts else np.zeros(0)
+    return Proposals([rle for part in parts for rle in part.rles], scores, name, probs, class_labels)
+
+
 class HFProposals(ProposalGenerator):
+    mask_pixels = DEFAULT_MASK_PIXELS  # the run's mask_pixels_per_chunk, set by the proposal stage
+
     def __init__(self, model: str, config: ProposalConfig, device: str = "cpu"):
         super().__init__(config, device)
         self.model_name = model
@@ -108,14 +121,24 @@ class MaskFormerProposals(HFProposals):
         mask_logits, objectness, class_probs = mask_logits[keep].float(), objectness[keep], class_probs[keep]
         if not len(objectness):
             return Proposals([], [], self.name)
-        padded = F.interpolate(mask_logits[None], size=pixel_mask.shape, mode="bilinear", align_corners=False)[0]
         valid_rows, valid_cols = int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum())
-        unpadded = padded[:, :valid_rows, :valid_cols]
-        full = F.interpolate(unpadded[None], size=sample.image.shape[:2], mode="bilinear", align_corners=False)[0]
-        masks = (full.sigmoid() > self.config.mask_threshold).cpu().numpy()
-        renormalized = class_probs / class_probs.sum(-1, keepdim=True).clamp_min(1e-12)
-        return Proposals.from_masks(masks, objectness.cpu().numpy(), self.name, renormalized.cpu().numpy(),
-                                    self.class_labels)
+        renormalized = (class_probs / class_probs.sum(-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+        objectness = objectness.cpu().numpy()
+        height, width = sample.image.shape[:2]
+        pixels = max(height * width, pixel_mask.shape[0] * pixel_mask.shape[1], 1)
+        step = max(1, self.mask_pixels // pixels)  # queries upsampled together: each one is independent
+        parts = []
+        for start in range(0, len(objectness), step):
+            chunk = mask_logits[start : start + step]
+            padded = F.interpolate(chunk[None], size=pixel_mask.shape, mode="bilinear", align_corners=False)[0]
+            unpadded = padded[:, :valid_rows, :valid_cols]
+            full = F.interpolate(unpadded[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+            del padded, unpadded
+            masks = (full.sigmoid_() > self.config.mask_threshold).cpu().numpy()
+            del full
+            parts.append(Proposals.from_masks(masks, objectness[start : start + step], self.name,
+                                              renormalized[start : start + step], self.class_labels))
+        return _joined(parts, self.name, self.class_labels)
 
 
 class SamProposals(HFProposals):
@@ -142,8 +165,10 @@ class SamProposals(HFProposals):
             stability_score_thresh=cfg.stability_score_thresh,
             mask_threshold=_logit(self.config.mask_threshold),
         )
-        masks = np.stack([np.asarray(mask, dtype=bool) for mask in result["masks"]]) if len(result["masks"]) else \
-            np.zeros((0, *sample.image.shape[:2]), dtype=bool)
         scores = np.asarray(result["scores"], dtype=np.float64).reshape(-1)
-        keep = scores >= cfg.score_threshold
-        return Proposals.from_masks(masks[keep], scores[keep], self.name)
+        kept = [number for number in range(len(result["masks"])) if scores[number] >= cfg.score_threshold]
+        step = max(1, self.mask_pixels // max(1, sample.image.shape[0] * sample.image.shape[1]))
+        parts = [Proposals.from_masks(np.stack([np.asarray(result["masks"][n], dtype=bool) for n in chosen]),
+                                      scores[chosen], self.name)
+                 for chosen in (kept[start : start + step] for start in range(0, len(kept), step))]
+        return _joined(parts, self.name)

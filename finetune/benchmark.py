@@ -56,6 +56,8 @@ class BenchConfig:
             raise ConfigError(f"--ensemble-lambda: must be in [0, 1], got {self.ensemble_lambda}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit: must be at least 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size: must be at least 1, got {self.batch_size}")
 
 
 def ensemble(p_clip: torch.Tensor, p_gen: torch.Tensor, weight: float) -> torch.Tensor:

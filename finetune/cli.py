@@ -77,8 +77,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     summary = train(TrainConfig(**values), resume=args.resume)
     for phase in summary["phases"]:
         state = "stopped (resume with --resume)" if phase["stopped"] else "done"
+        skipped = f", {phase['skipped_pairs']} unreadable pairs skipped" if phase.get("skipped_pairs") else ""
         print(f"{phase['phase']}: {state} at step {phase['steps']}, last loss {phase['last_loss']:.4f}, "
-              f"{phase['pairs_per_s']:.1f} pairs/s")
+              f"{phase['pairs_per_s']:.1f} pairs/s{skipped}")
     print(f"-> {args.out}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from dataengine.config import ConfigError
@@ -62,10 +63,14 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "accumulate", "prompt_depth", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
+        for name in ("mpt_lr", "ft_lr", "prompt_init_std"):
+            _require(self, name, lambda value: value > 0, "a positive number")
+        for name in ("mpt_weight_decay", "ft_weight_decay", "vocab_loss_weight", "grad_clip"):
+            _require(self, name, lambda value: value >= 0, "a number, 0 or more")
         if not 0 <= self.warmup < 1:
             raise TrainConfigError(f"--warmup: a share of the steps in [0, 1), got {self.warmup}")
-        if self.workers < 0 or self.shuffle_buffer < 0 or self.grad_clip < 0:
-            raise TrainConfigError("--workers, --shuffle-buffer and --grad-clip cannot be negative")
+        if self.workers < 0 or self.shuffle_buffer < 0:
+            raise TrainConfigError("--workers and --shuffle-buffer cannot be negative")
         if self.max_steps is not None and self.max_steps < 1:
             raise TrainConfigError(f"--max-steps: must be at least 1, got {self.max_steps}")
 
@@ -80,3 +85,9 @@ class TrainConfig:
         """Settings that differ from a saved run's, other than those a resumption may change."""
         return [f.name for f in fields(self)
                 if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(self, f.name)]
+
+
+def _require(config: TrainConfig, name: str, test, expected: str) -> None:
+    value = getattr(config, name)
+    if not (isinstance(value, int | float) and math.isfinite(value) and test(value)):
+        raise TrainConfigError(f"--{name.replace('_', '-')}: must be {expected}, got {value}")

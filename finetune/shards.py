@@ -19,7 +19,9 @@ import itertools
 import logging
 import math
 import random
+import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from dataengine.config import ConfigError
 
 FILL_TOLERANCE = 16  # JPEG noise on the mean-coloured background of mask-less crops
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+MAX_PIXELS = 4096 * 4096  # per pair image: a crop is resized to the model's input size anyway
 log = logging.getLogger(__name__)
 
 
@@ -76,12 +79,79 @@ def shard_nouns(shard: str) -> list[str]:
         import pyarrow.parquet as pq
 
         return [noun.strip() for noun in pq.read_table(index, columns=["noun"]).column("noun").to_pylist()]
-    nouns = []
-    with tarfile.open(shard) as tar:
-        for member in tar:
-            if member.isfile() and member.name.rsplit("/", 1)[-1].partition(".")[2] == "txt":
-                nouns.append(tar.extractfile(member).read().decode("utf-8").strip())
-    return nouns
+    return [sample["txt"].decode("utf-8", errors="replace").strip() for sample in read_shard(shard, {"txt"})
+            if "txt" in sample]
+
+
+def read_shard(url: str, read: set[str] | None = None) -> Iterator[dict]:
+    """The samples of a tar (`KEY.EXT` members grouped by key, as webdataset groups them), robust
+    to damage: a bad member header costs only that member (the reader skips to the next valid
+    header), a truncated tar ends with its last whole member, a duplicate member is ignored. Each
+    is logged. `read`: the extensions whose bytes are read (others are None), default all."""
+    sample: dict | None = None
+    for key, ext, data in _members(url, read):
+        if sample is not None and sample["__key__"] != key:
+            yield sample
+            sample = None
+        sample = sample or {"__key__": key, "__url__": url}
+        if ext in sample:
+            log.warning("%s: duplicate member %s.%s ignored", url, key, ext)
+            continue
+        sample[ext] = data
+    if sample is not None:
+        yield sample
+
+
+def _members(url: str, read: set[str] | None) -> Iterator[tuple[str, str, bytes | None]]:
+    try:
+        tar = tarfile.open(url, ignore_zeros=True)  # ignore_zeros: resynchronise after a damaged header
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+        raise ShardError(f"--shards: {url} is not a readable tar ({type(error).__name__}: {error})") from None
+    with tar:
+        expected = 0
+        while True:
+            try:
+                member = _next_member(tar)
+                if member is not None and member.offset != expected:
+                    log.warning("%s: %d bytes of damaged tar skipped before %s", url, member.offset - expected,
+                                member.name)
+                if member is None:
+                    return
+                expected = tar.offset
+                parsed = _key_and_extension(member)
+                if parsed is None:
+                    continue
+                wanted = read is None or parsed[1] in read
+                data = tar.extractfile(member).read() if wanted else None
+                if wanted and len(data) != member.size:
+                    raise tarfile.ReadError("unexpected end of data")
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
+                log.warning("%s: the tar ends early (%s: %s); its damaged last sample is skipped", url,
+                            type(error).__name__, error)
+                return
+            yield (*parsed, data)
+
+
+def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    """tar.next(), stepping over a damaged header block by block: tarfile does so itself (with
+    ignore_zeros) for a lone header, not for one that follows a PAX or GNU header."""
+    while True:
+        start = tar.offset
+        try:
+            return tar.next()
+        except tarfile.ReadError as error:
+            if "unexpected end of data" in str(error) or tar.offset != start:
+                raise
+            tar.offset = start + tarfile.BLOCKSIZE
+
+
+def _key_and_extension(member: tarfile.TarInfo) -> tuple[str, str] | None:
+    if not member.isfile():
+        return None
+    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", member.name)
+    if not match or re.search(r"(^|/)__[^/]*__($|/)", member.name):
+        return None
+    return match.group(1), match.group(2).lower()
 
 
 @dataclass
@@ -151,31 +221,31 @@ class PairStream(torch.utils.data.IterableDataset):
         mine = deal_shards(self.shards, self.seed, self.epoch, workers)[worker]
         if not mine:
             return
-        samples = wds.tarfile_to_samples(handler=wds.warn_and_continue)([{"url": url} for url in mine])
-        samples = (s for s in samples if "txt" in s and any(ext in s for ext in IMAGE_EXTENSIONS))
+        # every sample with a txt is a pair (as Corpus counts them); one without its image is skipped and counted
+        samples = (s for url in mine for s in read_shard(url) if "txt" in s)
         if self.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed}-{self.epoch}-{worker}")
             samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
         samples = itertools.islice(samples, self.skip.get(worker, 0), None)
         for chunk in _chunks(samples, self.batch_size):
             decoded = [d for d in map(self._decode_or_skip, chunk) if d is not None]
-            yield {**self._collate(decoded), "worker": worker, "samples": len(chunk)}
+            yield {**self._collate(decoded), "worker": worker, "samples": len(chunk),
+                   "skipped": len(chunk) - len(decoded)}
 
     def _decode_or_skip(self, sample: dict) -> dict | None:
         try:
             return self._decode(sample)
-        except (OSError, ValueError, SyntaxError) as error:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             log.warning("skipping undecodable pair %s: %s: %s", sample.get("__key__"), type(error).__name__, error)
             return None
 
     def _decode(self, sample: dict) -> dict:
-        data = next(sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample)
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = np.asarray(image.convert("RGB"))
-        pixels = torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+        data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
+        if data is None:
+            raise ValueError("no image member (lost to a damaged tar?)")
+        pixels = torch.from_numpy(_open_image(data, "RGB").copy()).permute(2, 0, 1)
         if "mask.png" in sample:
-            with Image.open(io.BytesIO(sample["mask.png"])) as image:
-                mask = torch.from_numpy(np.asarray(image.convert("L")) > 127)
+            mask = torch.from_numpy(_open_image(sample["mask.png"], "L") > 127)
         else:
             mask = self._mask_from_fill(pixels)
         noun = sample["txt"].decode("utf-8").strip()
@@ -202,6 +272,16 @@ class PairStream(torch.utils.data.IterableDataset):
         nouns = [d["noun"] for d in decoded]
         labels = torch.tensor([self.label_of[noun] for noun in nouns])
         return {"images": images, "masks": masks, "labels": labels, "nouns": nouns, "keys": [d["key"] for d in decoded]}
+
+
+def _open_image(data: bytes, mode: str) -> np.ndarray:
+    """Decoded pixels; an image larger than MAX_PIXELS is refused before it is decoded (a small file
+    can hold a huge, highly compressed image)."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"image of {width}x{height} pixels, over the limit of {MAX_PIXELS}")
+        return np.asarray(image.convert(mode))
 
 
 def _resize(tensor: torch.Tensor, size: int, mode: str) -> torch.Tensor:

@@ -30,7 +30,7 @@ from dataengine.checkpoint import load_state_dict, load_tensors
 from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
 
 from .config import TrainConfig, TrainConfigError
-from .mpt import MaskPromptedViT, check_vit, save_prompts
+from .mpt import MaskPromptedViT, check_vit, masked_patches, save_prompts
 from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in_epoch, loader
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,8 @@ class Trainer:
         while self.state["epoch"] < config.epochs:
             for loss in self._epoch(phase, optimizer, schedule):
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{self.meter.rate:.1f}", epoch=self.state["epoch"])
+                bar.set_postfix(loss=f"{loss:.4f}", pairs_s=f"{self.meter.rate:.1f}", epoch=self.state["epoch"],
+                                skipped=self.meter.skipped)
                 if self._should_stop():
                     self._checkpoint(phase, optimizer, schedule)
                     bar.close()
@@ -266,17 +267,22 @@ class Trainer:
         """Yields the loss of each optimizer step; checkpoints every `checkpoint_every` steps."""
         config = self.config
         consumed = {int(k): v for k, v in self.state["consumed"].items()}
-        fresh = not consumed
+        fresh, decoded = not consumed, 0
         stream = self._stream(self.state["epoch"], consumed, self.state.get("next_worker", 0))
         workers = max(1, config.workers)
         pending, losses, count = 0, [], 0
         for batch in loader(stream, config.workers, pin_memory=self.device.startswith("cuda")):
             consumed[batch["worker"]] = consumed.get(batch["worker"], 0) + batch["samples"]
             self.state["next_worker"] = (batch["worker"] + 1) % workers
+            self.meter.skipped += batch["skipped"]
             if not batch["nouns"]:  # every pair of the batch was undecodable (each logged)
                 continue
+            decoded += len(batch["nouns"])
+            if phase.name == "mpt":
+                self.meter.whole_frame += int((~masked_patches(batch["masks"], phase.tower.grid).any(1)).sum())
             loss = self._loss(phase, batch) / config.accumulate
-            loss.backward()
+            if loss.requires_grad:  # MPT: a batch in which no patch is masked out gives the prompts nothing
+                loss.backward()
             pending, count = pending + 1, count + len(batch["nouns"])
             losses.append(loss.item() * config.accumulate)
             if pending == config.accumulate:
@@ -287,7 +293,7 @@ class Trainer:
             _rescale_gradients(phase.parameters, config.accumulate / pending)  # a short last group
             self.meter.pairs += count
             yield self._step(phase, optimizer, schedule, consumed, losses)
-        if fresh and not consumed:
+        if fresh and not decoded:
             raise ShardError(f"epoch {self.state['epoch']} gave no pairs: the shards hold no image "
                              f"({'/'.join(IMAGE_EXTENSIONS)}) + txt samples")
 
@@ -375,14 +381,23 @@ class Trainer:
 
     def _log(self, phase: str, loss: float, lr: float) -> None:
         record = {"phase": phase, "epoch": self.state["epoch"], "step": self.state["global_step"],
-                  "loss": round(loss, 6), "lr": lr, "pairs": self.meter.pairs, "seconds": round(self.meter.seconds, 3)}
+                  "loss": round(loss, 6), "lr": lr, "pairs": self.meter.pairs, "skipped": self.meter.skipped,
+                  "seconds": round(self.meter.seconds, 3)}
         with open(self.out / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def _phase_summary(self, name: str, loss: float, stopped: bool) -> dict:
-        return {"phase": name, "steps": self.state["global_step"], "pairs": self.meter.pairs,
-                "seconds": round(self.meter.seconds, 3), "pairs_per_s": round(self.meter.rate, 2),
-                "last_loss": loss, "stopped": stopped}
+        meter = self.meter
+        if name == "mpt" and meter.pairs and meter.whole_frame == meter.pairs:
+            log.warning("mask prompt tuning: none of the %d pairs has a patch outside its region (no mask.png and "
+                        "no CLIP-mean background: the region is the whole image), so the prompts learned nothing; "
+                        "train on pairs with masks, or use --mode ft", meter.pairs)
+        summary = {"phase": name, "steps": self.state["global_step"], "pairs": meter.pairs,
+                   "skipped_pairs": meter.skipped, "seconds": round(meter.seconds, 3),
+                   "pairs_per_s": round(meter.rate, 2), "last_loss": loss, "stopped": stopped}
+        if name == "mpt":
+            summary["pairs_without_masked_patch"] = meter.whole_frame
+        return summary
 
 
 @dataclass
@@ -391,6 +406,8 @@ class Meter:
 
     started: float = field(default_factory=time.perf_counter)
     pairs: int = 0
+    skipped: int = 0  # pairs that could not be read or decoded (each logged)
+    whole_frame: int = 0  # MPT: pairs whose mask leaves no patch out, which give the prompts nothing
     last_loss: float = float("nan")
 
     @property

@@ -78,8 +78,12 @@ MINE_FLAGS = (
     Flag("--workers", "ray.num_cpus", "embedded Ray: CPU slots, i.e. parallel CPU-stage tasks (default: all cores)", int, "N"),
     Flag("--model-actors", "ray.model_actors", "Ray: actors per model stage, each with its own model copy (default: 1)", int, "N"),
     Flag("--actor-gpus", "ray.actor_gpus", "Ray: GPUs per model actor (default: 1 where the cluster has GPUs, else 0)", float, "G"),
-    Flag("--ray-temp-dir", "ray.temp_dir", "embedded Ray: session folder (default: a new short folder in the system temp dir)",
-         metavar="DIR"),
+    Flag("--ray-temp-dir", "ray.temp_dir", "embedded Ray: session folder, at most 41 bytes long: Ray's socket paths under it "
+         "must fit in 107 (default: a new short folder in the system temp dir)", metavar="DIR"),
+    Flag("--ray-connect-timeout", "ray.connect_timeout_s", "with --ray-address: seconds to reach the cluster before "
+         "failing with a message (default: 30)", float, "S"),
+    Flag("--mask-pixels-per-chunk", "mask_pixels_per_chunk", "memory bound per image: at most N mask pixels (masks x "
+         "image pixels) decoded at once by proposals and matching; same output (default: 67108864)", int, "N"),
     Flag("--samples-per-shard", "write.samples_per_shard", "input images per output shard (default: 256)", int, "N"),
 )
 
@@ -103,7 +107,9 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any setting by its dotted name, e.g. --set proposals.classical.work_size=256 (repeatable)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a corpus in --out that was mined with other settings (the same settings resume it)")
+                        help="replace a corpus in --out that was mined with other settings (the same settings resume it); "
+                             "only the files its run.json names are deleted: anything else in shards/, index/, rejects/, "
+                             "stats/ is refused")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -202,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Generate a small world of drawn scenes with exact ground truth, mine pairs from "
                                            "its captions with the package's small trained CLIP, train mask prompt tuning on "
                                            "them and print the benchmark on held-out scenes (seen and unseen nouns apart). "
-                                           "A few minutes on a laptop CPU. What is in OUT is replaced.")
+                                           "A few minutes on a laptop CPU. What is in OUT is replaced. With --photos, "
+                                           "only what an earlier demo or run wrote is replaced: other files in the way are refused.")
     demo.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
     demo.add_argument("--full", action="store_true",
                       help="the full table: a larger world, annotation and classical proposals, score and margin "

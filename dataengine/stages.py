@@ -16,6 +16,24 @@ from .stage import Stage, share_time
 from .write import encode_pair
 
 
+@contextlib.contextmanager
+def torch_threads(device: str, threads: int):
+    """torch's CPU threads at `threads` (`match.cpu_threads`) for a model stage's own work only, on
+    a CPU; the process's setting is restored after it (a caller's training or benchmark keeps its
+    threads). One thread keeps model outputs bit-identical whatever the executor (see MatchConfig)."""
+    if device.startswith("cuda"):
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class NounStage(Stage):
     name = "nouns"
 
@@ -72,12 +90,16 @@ class ProposalStage(Stage):
         self.config = config.proposals
         self.generator = create_generator(self.config.generator, self.config, device)
         self.generator.mask_pixels = config.mask_pixels_per_chunk  # memory bound of its full-size masks
+        self.device, self.threads = device, config.match.cpu_threads
 
     def setup(self) -> None:
-        self.generator.setup()
+        with torch_threads(self.device, self.threads):
+            self.generator.setup()
 
     def process_batch(self, samples: list[Sample]) -> None:
-        for sample, proposals in zip(samples, self.generator.generate_batch(samples), strict=True):
+        with torch_threads(self.device, self.threads):  # learned generators: as many threads as CLIP
+            generated = self.generator.generate_batch(samples)
+        for sample, proposals in zip(samples, generated, strict=True):
             if self.generator.postprocess:
                 cfg = self.config
                 proposals = finalize(proposals, sample.height * sample.width, min_area=cfg.min_area,
@@ -107,21 +129,8 @@ class MatchStage(Stage):
                 self.matcher = RegionMatcher(load_clip(self.config.clip, self.device, self.config.seed), self.config,
                                              self.mask_pixels)
 
-    @contextlib.contextmanager
     def threads(self):
-        """torch's CPU threads at `match.cpu_threads` for this stage's own work only; the process's
-        setting is restored after it (a caller's training or benchmark keeps its threads)."""
-        import torch
-
-        if self.device.startswith("cuda"):
-            yield
-            return
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.config.cpu_threads)  # see MatchConfig.cpu_threads
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
+        return torch_threads(self.device, self.config.cpu_threads)
 
     def process_batch(self, samples: list[Sample]) -> None:
         self.setup()

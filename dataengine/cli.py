@@ -174,6 +174,27 @@ def run_photo_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import describe_export, export_open_clip
+
+    spec, folder = args.clip, Path(args.clip).expanduser()
+    if folder.is_dir():
+        from finetune.models import describe_run
+
+        if not (folder / "train.json").exists():
+            raise ConfigError(f"--clip: {folder} is not a finetune output folder (no train.json)")
+        spec, prompts, _ = describe_run(folder)
+        if not (folder / "model.pt").exists():
+            raise ConfigError(f"--clip: {folder} holds mask prompts only (an MPT run): they need this package's "
+                              "wrapper and are not part of an open_clip model; export a finetune run's folder")
+        if prompts:
+            print(f"note: {prompts} is not exported (mask prompts are not part of an open_clip model)")
+    print(describe_export(export_open_clip(spec, args.out)))
+    return 0
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -218,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="instead: mine scikit-image's bundled photos with the tiny seeded CLIP (the machinery only)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(run=run_demo)
+
+    export = commands.add_parser("export-clip", help="write a CLIP as an open_clip local-dir: folder",
+                                 description="Write any --clip spec, or the weights of a finetune output folder, as an "
+                                             "open_clip local-dir: folder (open_clip_config.json + open_clip_model.safetensors) "
+                                             "that open_clip's own tools load unchanged, e.g. open_clip_train --model local-dir:DIR.")
+    export.add_argument("--clip", required=True, metavar="SPEC",
+                        help="open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT], or a dataengine finetune output folder")
+    export.add_argument("--out", required=True, metavar="DIR", help="new or empty folder to write")
+    export.set_defaults(run=run_export)
 
     from finetune.cli import add_bench_parser, add_finetune_parser
 

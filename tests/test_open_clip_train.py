@@ -73,3 +73,17 @@ def test_open_clip_train_runs_a_full_epoch_on_the_shards(mined, tmp_path):
     # the epoch asks for more batches than the shards hold (open_clip rounds up, drops the partial
     # batch), so the reader runs to the end of the last shard: every pair is read
     assert int(progress[-1][1]) == -(-counts["pairs"] // BATCH) * BATCH >= counts["pairs"]
+
+
+def test_export_clip_command(tmp_path, capsys):
+    import open_clip
+
+    from dataengine.cli import main
+
+    assert main(["export-clip", "--clip", "dataengine-tiny", "--out", str(tmp_path / "tiny")]) == 0
+    assert "local-dir:" in capsys.readouterr().out
+    assert open_clip.create_model(f"local-dir:{tmp_path / 'tiny'}") is not None
+    assert main(["export-clip", "--clip", "dataengine-tiny", "--out", str(tmp_path / "tiny")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    (tmp_path / "run").mkdir()
+    assert main(["export-clip", "--clip", str(tmp_path / "run"), "--out", str(tmp_path / "x")]) == 2

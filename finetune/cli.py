@@ -26,7 +26,7 @@ TRAIN_HELP = {
     "ft_weight_decay": ("WD", "full finetune weight decay (default: 0.2)"),
     "warmup": ("SHARE", "share of each phase's steps for linear warmup before the cosine decay (default: 0.05)"),
     "grad_clip": ("NORM", "gradient norm clipping, 0 = off (default: 1.0)"),
-    "prompt_depth": ("N", "MPT: blocks whose input gets mask prompts (default: 3)"),
+    "prompt_depth": ("N", "MPT: blocks whose input gets mask prompts (default: 3, the method's; fewer on a shallower tower)"),
     "prompt_init_std": ("STD", "MPT: prompt initialisation std (default: 0.02)"),
     "loss": ("LOSS", f"{' | '.join(LOSSES)}: in-batch InfoNCE, plus or instead of a classification over every "
                      "noun of the corpus (default: clip)"),
@@ -43,6 +43,7 @@ TRAIN_HELP = {
     "max_steps": ("N", "stop after N optimizer steps in all, with a checkpoint; --resume continues (default: none)"),
     "progress": (None, "no progress bar"),
 }
+OPTIONAL_COUNTS = {"max_steps", "prompt_depth"}  # int settings whose default is None
 NEGATED = {"mask_repeated_nouns": "--keep-repeated-nouns", "learn_logit_scale": "--freeze-logit-scale",
            "progress": "--no-progress"}
 
@@ -61,7 +62,7 @@ def add_finetune_parser(commands) -> None:
             parser.add_argument(NEGATED[item.name], dest=item.name, action="store_false", help=help_text)
             continue
         value = getattr(defaults, item.name)
-        kind = float if isinstance(value, float) else int if isinstance(value, int) or item.name == "max_steps" else str
+        kind = float if isinstance(value, float) else int if isinstance(value, int) or item.name in OPTIONAL_COUNTS else str
         parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, type=kind, metavar=metavar,
                             default=value, help=help_text)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -34,7 +34,7 @@ class TrainConfig:
     ft_weight_decay: float = 0.2
     warmup: float = 0.05            # share of each phase's steps with linear warmup, then cosine to zero
     grad_clip: float = 1.0          # max gradient norm (0 = off)
-    prompt_depth: int = 3
+    prompt_depth: int | None = None  # None: the method's 3, or every block of a shallower tower
     prompt_init_std: float = 0.02
     loss: str = "clip"              # clip (symmetric InfoNCE) | clip+vocab | vocab (all corpus nouns)
     vocab_loss_weight: float = 1.0
@@ -61,7 +61,7 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "accumulate", "prompt_depth", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
         for name in ("mpt_lr", "ft_lr", "prompt_init_std"):
             _require(self, name, lambda value: value > 0, "a positive number")

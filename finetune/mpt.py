@@ -28,6 +28,18 @@ def patch_grid(visual) -> tuple[int, int]:
     return tuple(int(v) for v in visual.grid_size)
 
 
+DEFAULT_DEPTH = 3  # the method's
+
+
+def prompt_depth(visual, depth: int | None) -> int:
+    """The depth to use: as asked, or by default the method's 3, capped at the tower's block count
+    (the package's 2-block test towers take 2)."""
+    if depth is not None:
+        return depth
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)  # None: not a ViT, check_vit says so
+    return DEFAULT_DEPTH if blocks is None else min(DEFAULT_DEPTH, len(blocks))
+
+
 def check_vit(visual, depth: int) -> None:
     """Refuse what mask prompt tuning cannot use, before any work starts."""
     from open_clip.transformer import VisionTransformer
@@ -42,7 +54,8 @@ def check_vit(visual, depth: int) -> None:
                        "would run without the prompts)")
     blocks = len(visual.transformer.resblocks)
     if not 1 <= depth <= blocks:
-        raise MPTError(f"mask prompt depth must be 1..{blocks} for this tower, got {depth}")
+        raise MPTError(f"--prompt-depth {depth} does not fit this tower of {blocks} blocks: pass --prompt-depth "
+                       f"1..{blocks} (or leave it out: {min(DEFAULT_DEPTH, blocks)} here)")
 
 
 def masked_patches(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -60,7 +73,7 @@ class MaskPromptedViT(nn.Module):
     or training its weights is the caller's choice.
     """
 
-    def __init__(self, visual: nn.Module, depth: int = 3, init_std: float = 0.02,
+    def __init__(self, visual: nn.Module, depth: int = DEFAULT_DEPTH, init_std: float = 0.02,
                  generator: torch.Generator | None = None):
         super().__init__()
         check_vit(visual, depth)

@@ -30,7 +30,7 @@ from dataengine.checkpoint import load_state_dict, load_tensors
 from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
 
 from .config import TrainConfig, TrainConfigError
-from .mpt import MaskPromptedViT, check_vit, masked_patches, save_prompts
+from .mpt import MaskPromptedViT, check_vit, masked_patches, prompt_depth, save_prompts
 from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in_epoch, loader
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ def build_phase(name: str, clip: ClipModel, config: TrainConfig) -> Phase:
         return Phase(name, model.visual, params, config.ft_lr, config.ft_weight_decay, _no_decay(model))
     model.eval()
     generator = torch.Generator().manual_seed(config.seed)
-    prompts = MaskPromptedViT(model.visual, config.prompt_depth, config.prompt_init_std, generator).to(clip.device)
+    prompts = MaskPromptedViT(model.visual, prompt_depth(model.visual, config.prompt_depth), config.prompt_init_std,
+                              generator).to(clip.device)
     return Phase(name, prompts, [prompts.prompts], config.mpt_lr, config.mpt_weight_decay)
 
 
@@ -135,7 +136,7 @@ class Trainer:
         self.state = self._load_or_start(resume)
         self.clip = load_clip(config.clip, self.device, seed=config.seed)
         if "mpt" in config.phases:
-            check_vit(self.clip.model.visual, config.prompt_depth)
+            check_vit(self.clip.model.visual, prompt_depth(self.clip.model.visual, config.prompt_depth))
         self.text = self._text_embeddings()
 
     # ---- run state

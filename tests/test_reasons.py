@@ -19,6 +19,12 @@ def test_rejects_schema_enumerates_the_reasons():
     assert reason["enum"] == list(REASON_NAMES)
 
 
+def test_manifest_schema_names_only_listed_reasons():
+    schema = json.loads((ROOT / "schemas" / "manifest.schema.json").read_text())
+    reasons = schema["properties"]["counts"]["properties"]["reject_reasons"]
+    assert reasons["propertyNames"]["enum"] == list(REASON_NAMES)
+
+
 def test_reasons_are_unique_snake_case_with_a_level():
     assert len(set(REASON_NAMES)) == len(REASONS)
     for reason in REASONS:

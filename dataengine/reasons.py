@@ -22,7 +22,7 @@ class Reason:
 REASONS: tuple[Reason, ...] = (
     Reason("missing_file", IMAGE_LEVEL, "the image file or tar member does not exist, or is not a regular file"),
     Reason("empty_file", IMAGE_LEVEL, "the image file has zero bytes"),
-    Reason("decode_error", IMAGE_LEVEL, "the bytes are not an image PIL can decode (truncated, garbage, animated)"),
+    Reason("decode_error", IMAGE_LEVEL, "the bytes are not an image PIL can decode (truncated, garbage)"),
     Reason("too_large", IMAGE_LEVEL, "the file, its pixel count or its decoded size exceeds the limits"),
     Reason("bad_metadata", IMAGE_LEVEL, "a webdataset KEY.json that is not a JSON object (the parser's message)"),
     Reason("no_caption", IMAGE_LEVEL, "no caption text after normalisation"),

@@ -87,3 +87,29 @@ def test_export_clip_command(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     (tmp_path / "run").mkdir()
     assert main(["export-clip", "--clip", str(tmp_path / "run"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_import_dataengine_registers_its_models_with_open_clip():
+    code = ("import open_clip; before = set(open_clip.list_models()); import dataengine; "
+            "print(sorted({'dataengine-tiny', 'dataengine-world'} & (set(open_clip.list_models()) - before)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "['dataengine-tiny', 'dataengine-world']", result.stderr[-2000:]
+
+
+def test_export_of_a_finetune_run_carries_its_trained_weights(tmp_path, capsys):
+    import open_clip
+    import torch
+    from pairs import write_pair_shards
+
+    from dataengine.cli import main
+
+    shards = write_pair_shards(tmp_path / "shards", pairs=8, per_shard=8, size=64)
+    run = tmp_path / "run"
+    assert main(["finetune", "--shards", shards, "--clip", "dataengine-tiny", "--mode", "ft", "--epochs", "1",
+                 "--batch-size", "4", "--ft-lr", "1e-3", "--out", str(run), "--no-progress"]) == 0
+    assert main(["export-clip", "--clip", str(run), "--out", str(tmp_path / "export")]) == 0, capsys.readouterr().err
+    exported = open_clip.create_model(f"local-dir:{tmp_path / 'export'}").state_dict()
+    trained = torch.load(run / "model.pt", weights_only=True)
+    untrained = open_clip.create_model("dataengine-tiny").state_dict()
+    name = "visual.conv1.weight"
+    assert torch.equal(exported[name], trained[name]) and not torch.equal(exported[name], untrained[name])

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -106,12 +105,10 @@ def head_node(tmp_path):
 def test_readme_ray_job_submit_equals_local_executor(coco_mini, head_node, tmp_path):
     dashboard, env = head_node
     job_out, local_out = tmp_path / "job", tmp_path / "local"
-    started = time.monotonic()
     job = subprocess.run(submit_command(coco_mini, job_out, dashboard, tmp_path / "hf"), cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=900)
     log = job.stdout[-4000:] + job.stderr[-4000:]
     assert job.returncode == 0 and "succeeded" in job.stdout, log
-    print(f"job finished in {time.monotonic() - started:.0f} s")
     local = subprocess.run(local_command(coco_mini, local_out), capture_output=True, text=True, timeout=600, env=env)
     assert local.returncode == 0, local.stderr[-3000:]
     assert (job_out / "manifest.json").is_file()

@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Generate a small world of drawn scenes with exact ground truth, mine pairs from "
                                            "its captions with the package's small trained CLIP, train mask prompt tuning on "
                                            "them and print the benchmark on held-out scenes (seen and unseen nouns apart). "
-                                           "A few minutes on a laptop CPU. What is in OUT is replaced. With --photos, "
-                                           "only what an earlier demo or run wrote is replaced: other files in the way are refused.")
+                                           "A few minutes on a laptop CPU. Only what an earlier demo or run wrote in OUT is "
+                                           "replaced (with --photos too): other files in the way are refused.")
     demo.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
     demo.add_argument("--full", action="store_true",
                       help="the full table: a larger world, annotation and classical proposals, score and margin "

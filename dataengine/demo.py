@@ -50,6 +50,37 @@ def _captions_table() -> str:
                    for name, captions in DEMO_PHOTOS.items())
 
 
+def foreign_entries(folder: Path, ours, folders=frozenset()) -> list[str]:
+    """What `folder` holds that dataengine did not write, as paths relative to it: every file that
+    `ours(name, path)` does not claim, every subfolder not in `folders` (not looked into), and every
+    link or other non-regular file (a link would send deletions outside the folder)."""
+    theirs = []
+    for parent, dirs, files in os.walk(folder):
+        base = Path(parent).relative_to(folder)
+        for name in list(dirs):
+            relative = (base / name).as_posix()
+            if (Path(parent) / name).is_symlink() or relative not in folders:
+                theirs.append(relative)
+                dirs.remove(name)
+        for name in files:
+            path, relative = Path(parent) / name, (base / name).as_posix()
+            if path.is_symlink() or not path.is_file() or not ours(relative, path):
+                theirs.append(relative)
+    return sorted(theirs)
+
+
+def check_own_folder(folder: Path, ours, folders=frozenset(), what: str = "the demo") -> None:
+    """Refuse a folder that holds anything dataengine did not write (see foreign_entries), before a
+    file is touched: after this, the folder is dataengine's to replace. A link or a file in place of
+    the folder is refused too."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ConfigError(f"demo: {folder} is not a folder {what} wrote; move it away or choose another --out")
+    theirs = foreign_entries(folder, ours, folders) if folder.exists() else []
+    if theirs:
+        raise ConfigError(f"demo: {folder} holds files {what} did not write ({', '.join(theirs[:3])}"
+                          f"{', ...' if len(theirs) > 3 else ''}); move them away or choose another --out")
+
+
 def check_demo_folder(out: Path) -> None:
     """The demo replaces only what it wrote itself: its input (OUT/input: the photos and their
     captions) and a corpus (the mining run's own rule: only files its run.json names). Anything
@@ -57,22 +88,9 @@ def check_demo_folder(out: Path) -> None:
     folder = out / "input"
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise ConfigError(f"demo: {folder} is not the demo's input folder; move it away or choose another --out")
-    if not folder.exists():
-        return
-    ours = {"images", "captions.jsonl"}
-    theirs = sorted(set(os.listdir(folder)) - ours)
-    images = folder / "images"
-    if images.is_symlink() or (images.exists() and not images.is_dir()):
-        theirs.append("images")
-    elif images.exists():
-        theirs += [f"images/{name}" for name in sorted(set(os.listdir(images)) - {f"{n}.png" for n in DEMO_PHOTOS})]
-        theirs += [f"images/{p.name}" for p in images.iterdir() if p.is_symlink() or not p.is_file()]
-    table = folder / "captions.jsonl"
-    if table.is_symlink() or (table.exists() and (not table.is_file() or table.read_bytes() != _captions_table().encode())):
-        theirs.append("captions.jsonl")
-    if theirs:
-        raise ConfigError(f"demo: {folder} holds files the demo did not write ({', '.join(sorted(set(theirs))[:3])}); "
-                          "move them away or choose another --out")
+    photos, table = {f"images/{name}.png" for name in DEMO_PHOTOS}, _captions_table().encode()
+    check_own_folder(folder, lambda name, path: name in photos or (name == "captions.jsonl" and path.read_bytes() == table),
+                     folders={"images"})
 
 
 def write_demo_input(folder: Path) -> tuple[Path, Path]:

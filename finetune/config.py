@@ -34,7 +34,8 @@ class TrainConfig:
     ft_weight_decay: float = 0.2
     warmup: float = 0.05            # share of each phase's steps with linear warmup, then cosine to zero
     grad_clip: float = 1.0          # max gradient norm (0 = off)
-    prompt_depth: int | None = None  # None: the method's 3, or every block of a shallower tower
+    prompt_depth: int | None = None  # None: the method's 3, or every block of a shallower tower; the
+    #                                  trainer resolves it against the tower before saving or comparing it
     prompt_init_std: float = 0.02
     loss: str = "clip"              # clip (symmetric InfoNCE) | clip+vocab | vocab (all corpus nouns)
     vocab_loss_weight: float = 1.0

@@ -11,12 +11,12 @@ the plain tower's, exactly.
 from __future__ import annotations
 
 import contextlib
-import pickle
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dataengine.checkpoint import load_tensors
 from dataengine.config import ConfigError
 
 
@@ -133,20 +133,32 @@ def save_prompts(path, wrapper: MaskPromptedViT, model_name: str) -> None:
                 "grid": list(wrapper.grid), "prompts": wrapper.prompts.detach().cpu()}, path)
 
 
-def read_prompt_file(path) -> dict:
+def read_prompt_file(path, what: str = "--prompts") -> dict:
+    """A prompt file as save_prompts writes it; whatever else it is (not a file, damaged, not
+    tensors, other keys) is a one-line ConfigError that names it."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-        raise MPTError(f"cannot read mask prompts {path}: {str(error).splitlines()[0]}") from error
+        saved = load_tensors(path, what)
+    except ConfigError as error:
+        raise MPTError(str(error)) from None
     if not isinstance(saved, dict) or saved.get("format") != "dataengine-mask-prompts/1":
-        raise MPTError(f"{path} is not a mask prompt file written by dataengine finetune")
+        raise MPTError(f"{what}: {path} is not a mask prompt file written by dataengine finetune")
+    depth, prompts = saved.get("depth"), saved.get("prompts")
+    if (not isinstance(depth, int) or isinstance(depth, bool) or not isinstance(prompts, torch.Tensor)
+            or prompts.ndim != 3 or prompts.shape[0] != depth or not prompts.is_floating_point()):
+        raise MPTError(f"{what}: {path} is a damaged mask prompt file (it needs an int 'depth' and a "
+                       "(depth, patches, width) float tensor 'prompts')")
     return saved
 
 
 def wrap_with_prompts(visual: nn.Module, path) -> MaskPromptedViT:
     """A tower wrapped with the prompts of a prompt file (its depth taken from the file)."""
     saved = read_prompt_file(path)
-    wrapper = MaskPromptedViT(visual, depth=int(saved["depth"]))
+    check_vit(visual, 1)
+    blocks = len(visual.transformer.resblocks)
+    if not 1 <= saved["depth"] <= blocks:
+        raise MPTError(f"mask prompts {path} have depth {saved['depth']} (model {saved.get('model')}); this "
+                       f"model's tower has {blocks} blocks")
+    wrapper = MaskPromptedViT(visual, depth=saved["depth"])
     prompts = saved["prompts"]
     if prompts.shape != wrapper.prompts.shape:
         raise MPTError(f"mask prompts {path} have shape {tuple(prompts.shape)} (model {saved.get('model')}); "

@@ -1,8 +1,11 @@
 """Streaming (masked region, noun) pairs from WebDataset shards, with a resumable epoch position.
 
-Any shard set with `KEY.jpg` + `KEY.txt` works; `KEY.mask.png` gives the region mask, and
-without it the mask is read off the crop itself (pixels at the CLIP mean are outside the region,
-the convention of the method's released pairs).
+Any shard set with `KEY.jpg` (or another of dataengine's image extensions) + `KEY.txt` works;
+`KEY.mask.png` gives the region mask. A shard with no mask.png at all (plain captioned photos, or
+the method's released pairs) has its masks read off the crops themselves (pixels at the CLIP mean
+are outside the region). Members are grouped into samples by webdataset's own key rule. A pair that
+lost a member to a damaged tar (its image, its txt, or its mask.png in a shard whose other pairs
+have one) is skipped and counted, never trained on with a guessed noun or mask.
 
 Order is a function of (seed, epoch, number of loader workers) only: shards are shuffled per
 epoch and dealt round-robin to the workers, each worker shuffles its samples through a seeded
@@ -32,11 +35,15 @@ import torch.nn.functional as F
 import webdataset as wds
 from braceexpand import braceexpand
 from PIL import Image
+from webdataset.tariterators import base_plus_ext
 
 from dataengine.config import ConfigError
+from dataengine.sources.webdataset import IMAGE_EXTENSIONS
 
 FILL_TOLERANCE = 16  # JPEG noise on the mean-coloured background of mask-less crops
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+MASK = "mask.png"
+PAIR_MEMBERS = (*IMAGE_EXTENSIONS, "txt", MASK)  # a sample with any of these is a pair (whole or damaged)
+META_MEMBER = re.compile(r"(^|/)__[^/]*__($|/)")  # webdataset's skip_meta: never a sample member
 MAX_PIXELS = 4096 * 4096  # per pair image: a crop is resized to the model's input size anyway
 log = logging.getLogger(__name__)
 
@@ -71,16 +78,32 @@ def _index_for(shard: str) -> Path:
     return path.parent.parent / "index" / (path.stem + ".parquet")
 
 
-def shard_nouns(shard: str) -> list[str]:
-    """The noun of every pair of a shard: from the engine's parquet index when there is one, else
-    from the tar's txt members."""
+def is_pair(sample: dict) -> bool:
+    """A sample that is a pair, whole or with members lost (then PairStream skips and counts it)."""
+    return any(ext in sample for ext in PAIR_MEMBERS)
+
+
+def shard_pairs(shard: str) -> tuple[int, list[str]]:
+    """How many pairs a shard holds and the nouns among them: from the engine's parquet index when
+    there is one, else from the tar (a pair whose txt was lost counts, with no noun)."""
     index = _index_for(shard)
     if index.exists():
         import pyarrow.parquet as pq
 
-        return [noun.strip() for noun in pq.read_table(index, columns=["noun"]).column("noun").to_pylist()]
-    return [sample["txt"].decode("utf-8", errors="replace").strip() for sample in read_shard(shard, {"txt"})
-            if "txt" in sample]
+        nouns = [noun.strip() for noun in pq.read_table(index, columns=["noun"]).column("noun").to_pylist()]
+        return len(nouns), nouns
+    pairs = [sample for sample in read_shard(shard, {"txt"}) if is_pair(sample)]
+    return len(pairs), [s["txt"].decode("utf-8", errors="replace").strip() for s in pairs if "txt" in s]
+
+
+def shard_nouns(shard: str) -> list[str]:
+    """The noun of every pair of a shard whose noun is known."""
+    return shard_pairs(shard)[1]
+
+
+def shard_has_masks(url: str) -> bool:
+    """Whether any pair of a shard has a mask.png (read off the member headers alone)."""
+    return any(ext == MASK for _, ext, _ in _members(url, set(), warn=lambda *args: None))
 
 
 def read_shard(url: str, read: set[str] | None = None) -> Iterator[dict]:
@@ -102,7 +125,7 @@ def read_shard(url: str, read: set[str] | None = None) -> Iterator[dict]:
         yield sample
 
 
-def _members(url: str, read: set[str] | None) -> Iterator[tuple[str, str, bytes | None]]:
+def _members(url: str, read: set[str] | None, warn=log.warning) -> Iterator[tuple[str, str, bytes | None]]:
     try:
         tar = tarfile.open(url, ignore_zeros=True)  # ignore_zeros: resynchronise after a damaged header
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
@@ -113,8 +136,8 @@ def _members(url: str, read: set[str] | None) -> Iterator[tuple[str, str, bytes 
             try:
                 member = _next_member(tar)
                 if member is not None and member.offset != expected:
-                    log.warning("%s: %d bytes of damaged tar skipped before %s", url, member.offset - expected,
-                                member.name)
+                    warn("%s: %d bytes of damaged tar skipped before %s", url, member.offset - expected,
+                         member.name)
                 if member is None:
                     return
                 expected = tar.offset
@@ -126,8 +149,8 @@ def _members(url: str, read: set[str] | None) -> Iterator[tuple[str, str, bytes 
                 if wanted and len(data) != member.size:
                     raise tarfile.ReadError("unexpected end of data")
             except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-                log.warning("%s: the tar ends early (%s: %s); its damaged last sample is skipped", url,
-                            type(error).__name__, error)
+                warn("%s: the tar ends early (%s: %s); its damaged last sample is skipped", url,
+                     type(error).__name__, error)
                 return
             yield (*parsed, data)
 
@@ -146,12 +169,12 @@ def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
 
 
 def _key_and_extension(member: tarfile.TarInfo) -> tuple[str, str] | None:
-    if not member.isfile():
+    """webdataset's grouping: `base_plus_ext` (the key runs to the first dot of the basename), its
+    metadata members skipped, extensions lower-cased as its `group_by_keys` does."""
+    if not member.isfile() or META_MEMBER.search(member.name):
         return None
-    match = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", member.name)
-    if not match or re.search(r"(^|/)__[^/]*__($|/)", member.name):
-        return None
-    return match.group(1), match.group(2).lower()
+    key, extension = base_plus_ext(member.name)
+    return None if key is None else (key, extension.lower())
 
 
 @dataclass
@@ -165,11 +188,11 @@ class Corpus:
     @classmethod
     def scan(cls, pattern) -> Corpus:
         shards = expand_shards(pattern)
-        nouns = [shard_nouns(shard) for shard in shards]
-        vocabulary = sorted({noun for shard in nouns for noun in shard})
+        scanned = [shard_pairs(shard) for shard in shards]
+        vocabulary = sorted({noun for _, nouns in scanned for noun in nouns})
         if not vocabulary:
             raise ShardError(f"--shards: {len(shards)} shard(s) but no pairs in them")
-        return cls(shards, [len(n) for n in nouns], vocabulary)
+        return cls(shards, [count for count, _ in scanned], vocabulary)
 
     @property
     def size(self) -> int:
@@ -213,6 +236,7 @@ class PairStream(torch.utils.data.IterableDataset):
     def __post_init__(self):
         super().__init__()
         self.label_of = {noun: i for i, noun in enumerate(self.vocabulary)}
+        self._masked_shards: dict[str, bool] = {}  # url -> whether its pairs have mask.png members
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -221,8 +245,8 @@ class PairStream(torch.utils.data.IterableDataset):
         mine = deal_shards(self.shards, self.seed, self.epoch, workers)[worker]
         if not mine:
             return
-        # every sample with a txt is a pair (as Corpus counts them); one without its image is skipped and counted
-        samples = (s for url in mine for s in read_shard(url) if "txt" in s)
+        # every pair, whole or damaged, as Corpus counts them; a damaged one is skipped and counted
+        samples = (s for url in mine for s in read_shard(url) if is_pair(s))
         if self.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed}-{self.epoch}-{worker}")
             samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
@@ -236,20 +260,29 @@ class PairStream(torch.utils.data.IterableDataset):
         try:
             return self._decode(sample)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            log.warning("skipping undecodable pair %s: %s: %s", sample.get("__key__"), type(error).__name__, error)
+            log.warning("skipping pair %s: %s: %s", sample.get("__key__"), type(error).__name__, error)
             return None
 
     def _decode(self, sample: dict) -> dict:
         data = next((sample[ext] for ext in IMAGE_EXTENSIONS if ext in sample), None)
         if data is None:
             raise ValueError("no image member (lost to a damaged tar?)")
+        if "txt" not in sample:
+            raise ValueError("no txt member, so no noun (lost to a damaged tar?)")
+        if MASK not in sample and self._shard_has_masks(sample["__url__"]):
+            raise ValueError("no mask.png member, while the shard's other pairs have one (lost to a damaged tar?)")
         pixels = torch.from_numpy(_open_image(data, "RGB").copy()).permute(2, 0, 1)
-        if "mask.png" in sample:
-            mask = torch.from_numpy(_open_image(sample["mask.png"], "L") > 127)
+        if MASK in sample:
+            mask = torch.from_numpy(_open_image(sample[MASK], "L") > 127)
         else:
             mask = self._mask_from_fill(pixels)
         noun = sample["txt"].decode("utf-8").strip()
         return {"pixels": pixels, "mask": mask, "noun": noun, "key": sample["__key__"]}
+
+    def _shard_has_masks(self, url: str) -> bool:
+        if url not in self._masked_shards:
+            self._masked_shards[url] = shard_has_masks(url)
+        return self._masked_shards[url]
 
     def _mask_from_fill(self, pixels: torch.Tensor) -> torch.Tensor:
         fill = torch.tensor([round(255 * m) for m in self.mean], dtype=torch.int16)[:, None, None]

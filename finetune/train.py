@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100)
 CHECKPOINT_FORMAT = "dataengine-finetune-checkpoint/1"
 CHECKPOINT_KEYS = {"phase", "epoch", "step", "consumed", "global_step", "trainable", "optimizer", "schedule"}
+# Every file a run writes into OUT (each also as NAME.tmp while it is being replaced), in OUTPUT_FOLDERS.
+OUTPUT_FILES = ("checkpoints/last.pt", "prompts.pt", "model.pt", "log.jsonl", "train.json", "text_embeddings.pt")
+OUTPUT_FOLDERS = ("checkpoints",)
 
 
 # ---------------------------------------------------------------- loss
@@ -133,28 +136,40 @@ class Trainer:
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))  # pinned memory and autocast follow it
         self.corpus = Corpus.scan(config.shards)
-        self.state = self._load_or_start(resume)
+        self._check_resume(resume)
         self.clip = load_clip(config.clip, self.device, seed=config.seed)
+        # the default depth is resolved against the tower before the settings are saved or compared,
+        # so that train.json says the depth used and a run with the default resumes whatever was saved
+        self.default_depth = prompt_depth(self.clip.model.visual, None)
+        self.config = config = replace(config, prompt_depth=prompt_depth(self.clip.model.visual, config.prompt_depth))
         if "mpt" in config.phases:
-            check_vit(self.clip.model.visual, prompt_depth(self.clip.model.visual, config.prompt_depth))
+            check_vit(self.clip.model.visual, config.prompt_depth)
+        self.state = self._load_or_start(resume)
         self.text = self._text_embeddings()
 
     # ---- run state
 
+    def _check_resume(self, resume: bool) -> None:
+        """What can be refused before the model loads."""
+        checkpoint = self.out / "checkpoints" / "last.pt"
+        if not resume and checkpoint.exists():
+            raise TrainConfigError(f"--out: {self.out} already holds a training run; pass --resume to "
+                                   "continue it, or choose another folder")
+        if resume and not checkpoint.exists():
+            raise TrainConfigError(f"--resume: no checkpoint at {checkpoint}")
+
     def _load_or_start(self, resume: bool) -> dict:
         checkpoint = self.out / "checkpoints" / "last.pt"
         if not resume:
-            if checkpoint.exists():
-                raise TrainConfigError(f"--out: {self.out} already holds a training run; pass --resume to "
-                                       "continue it, or choose another folder")
             return {"phase": 0, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0, "global_step": 0}
-        if not checkpoint.exists():
-            raise TrainConfigError(f"--resume: no checkpoint at {checkpoint}")
         saved = load_tensors(checkpoint, "--resume")
         if (not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT
                 or not isinstance(saved.get("config"), dict) or not CHECKPOINT_KEYS <= set(saved)):
             raise TrainConfigError(f"--resume: {checkpoint} is not a dataengine finetune checkpoint")
-        changed = self.config.differences(saved["config"])
+        saved_config = dict(saved["config"])
+        if saved_config.get("prompt_depth") is None:  # saved unresolved (the default, before it was resolved)
+            saved_config["prompt_depth"] = self.default_depth
+        changed = self.config.differences(saved_config)
         if changed:
             raise TrainConfigError(f"--resume: settings differ from the saved run's: {', '.join(changed)}")
         self._truncate_log(saved["global_step"])

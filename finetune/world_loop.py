@@ -4,7 +4,9 @@ committed small CLIP, train on them, benchmark on held-out scenes (seen and unse
     dataengine demo                     # small world, MPT only: a few minutes on a laptop CPU
     dataengine demo --full              # the full table (see README): tens of minutes
 
-Every number comes from the run: nothing here is typed in.
+Every number comes from the run: nothing here is typed in. A rerun into the same OUT replaces what
+an earlier demo wrote there, and only that: anything else in the way is refused before a file is
+touched.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from dataengine.config import ConfigError
+from dataengine.demo import check_own_folder
 from dataengine.world import STUFF, THINGS, UNSEEN, generate_world
 
 log = logging.getLogger(__name__)
@@ -199,12 +205,75 @@ def ground_truth_shards(split: Path, out: Path, clip_spec: str, exclude=UNSEEN) 
     return str(out)
 
 
+# ---------------------------------------------------------------- what the demo replaces in OUT
+
+REPORT = "world_report.json"
+WORLD_FILE = re.compile(r"world\.json|(train|heldout)/((captions|instances|references)\.json|images/\d{6}\.jpg)")
+GT_SHARD = re.compile(r"pairs-\d{6}\.tar")
+
+
+def _check_world(folder: Path) -> None:
+    check_own_folder(folder, lambda name, path: bool(WORLD_FILE.fullmatch(name)),
+                     {"train", "heldout", "train/images", "heldout/images"}, "a demo")
+
+
+def _check_gt_shards(folder: Path) -> None:
+    check_own_folder(folder, lambda name, path: bool(GT_SHARD.fullmatch(name)), what="a demo")
+
+
+def _check_run(folder: Path) -> None:
+    from .train import OUTPUT_FILES, OUTPUT_FOLDERS
+
+    names = set(OUTPUT_FILES) | {f"{name}.tmp" for name in OUTPUT_FILES}
+    check_own_folder(folder, lambda name, path: name in names, set(OUTPUT_FOLDERS), "a training run")
+
+
+def _replace(folder: Path, check) -> None:
+    """Delete a folder an earlier demo wrote, once `check` has found nothing else in it."""
+    check(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def check_loop_folder(config: LoopConfig) -> None:
+    """Everything the loop will replace in OUT is checked before anything is written: its world,
+    corpora (the mining run's own rule), ground-truth shards, training runs and report."""
+    from dataengine.output import OutputFolder
+
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a folder")
+    _check_world(out / "world")
+    for proposals in config.proposals:
+        corpus = out / f"corpus-{proposals}"
+        if corpus.is_symlink() or (corpus.exists() and not corpus.is_dir()):
+            raise ConfigError(f"demo: {corpus} is not a corpus folder; move it away or choose another --out")
+        OutputFolder(corpus).check_overwrite()
+    if "ft-gt" in config.modes:
+        _check_gt_shards(out / "gt-shards")
+    runs = out / "runs"
+    if runs.is_symlink() or (runs.exists() and not runs.is_dir()):
+        raise ConfigError(f"demo: {runs} is not the demo's folder of training runs; move it away or choose another --out")
+    for mode in config.modes:
+        _check_run(runs / mode)
+    report = out / REPORT
+    if report.is_symlink() or (report.exists() and not _is_report(report)):
+        raise ConfigError(f"demo: {report} is not a report the demo wrote; move it away or choose another --out")
+
+
+def _is_report(path: Path) -> bool:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"world", "clip", "nouns"} <= set(report)
+
+
 def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str) -> Path:
     from .config import TrainConfig
     from .train import train
 
-    if out.exists():
-        shutil.rmtree(out)
+    _replace(out, _check_run)
     train(TrainConfig(shards=shards, out=str(out), clip=clip, mode=mode, epochs=config.epochs,
                       batch_size=config.batch_size, mpt_lr=config.mpt_lr, ft_lr=config.ft_lr, workers=0,
                       prompt_depth=3, log_every=5, progress=config.progress, checkpoint_every=10**6))
@@ -240,9 +309,9 @@ def run_loop(config: LoopConfig) -> dict:
 
     out = Path(config.out)
     clip = config.clip or world_spec()
+    check_loop_folder(config)
     world = out / "world"
-    if world.exists():
-        shutil.rmtree(world)
+    _replace(world, _check_world)
     generate_world(world, scenes=config.train_scenes + config.heldout_scenes, seed=config.seed,
                    heldout=config.heldout_scenes / (config.train_scenes + config.heldout_scenes))
     train_split, heldout = world / "train", world / "heldout"
@@ -262,6 +331,7 @@ def run_loop(config: LoopConfig) -> dict:
     runs = {"pretrained": clip}
     for mode in config.modes:
         if mode == "ft-gt":
+            _replace(out / "gt-shards", _check_gt_shards)
             gt = ground_truth_shards(train_split, out / "gt-shards", clip)
             runs[mode] = str(train_run(gt, "ft", out / "runs" / mode, config, clip))
         else:
@@ -270,7 +340,8 @@ def run_loop(config: LoopConfig) -> dict:
     report["gt_masks"] = evaluate(heldout, models, "gt-masks", config.progress)
     if "classical" in config.proposals:
         report["two_stage"] = evaluate(heldout, models, "two-stage", config.progress)
-    (out / "world_report.json").write_text(json.dumps(report, indent=2))
+    (out / f"{REPORT}.tmp").write_text(json.dumps(report, indent=2))
+    os.replace(out / f"{REPORT}.tmp", out / REPORT)
     return report
 
 

@@ -28,3 +28,28 @@ def test_a_prompt_depth_deeper_than_the_tower_names_the_depths_that_fit(tmp_path
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1
     assert "--prompt-depth 1..2" in error
+
+
+@pytest.mark.parametrize("first", [[], ["--prompt-depth", "2"], "saved-unresolved"])
+def test_a_run_with_the_default_depth_resumes(first, tmp_path, capsys):
+    """The default depth is resolved against the tower (2 blocks here) before it is saved or compared:
+    a run stopped with --max-steps resumes with the same command, and so does one saved with the depth
+    the default comes to (a run saved with 3 on a 12-block tower) or saved unresolved (None)."""
+    import torch
+
+    shards = write_pair_shards(tmp_path / "shards", pairs=16, per_shard=8, size=64)
+    command = ["finetune", "--shards", shards, "--clip", "dataengine-tiny", "--out", str(tmp_path / "run"),
+               "--no-progress", "--device", "cpu", "--workers", "0", "--batch-size", "4", "--epochs", "1",
+               "--max-steps", "1"]
+    assert main(command + (first if isinstance(first, list) else [])) == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert saved["config"]["prompt_depth"] == 2 and not saved["finished"]
+    if first == "saved-unresolved":  # as the runs written while the default stayed None in the checkpoint
+        checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+        state = torch.load(checkpoint, weights_only=True)
+        state["config"]["prompt_depth"] = None
+        torch.save(state, checkpoint)
+    assert main(command + ["--resume"]) == 0, capsys.readouterr().err  # the same command resumes
+    assert main(command[:-2] + ["--resume"]) == 0, capsys.readouterr().err  # and on to the end
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["finished"] and summary["phases"][-1]["steps"] == 4

@@ -93,6 +93,28 @@ def test_one_corrupt_member_costs_only_its_pair(tmp_path):
     assert sum(batch["skipped"] for batch in batches) == 1
 
 
+@pytest.mark.parametrize("member", ["img00003_n0000.txt", "img00003_n0000.mask.png"])
+def test_a_pair_that_lost_its_txt_or_mask_is_skipped_and_counted(tmp_path, member):
+    """No pair is trained on with a guessed mask, or dropped uncounted: the corpus, the stream and the
+    skipped count agree."""
+    pattern = write_pair_shards(tmp_path / "shards", pairs=8, per_shard=8, size=64)
+    corrupt_header(tmp_path / "shards" / "pairs-000000.tar", member)
+    corpus, batches = stream_all(pattern)
+    assert [key for batch in batches for key in batch["keys"]] == [f"img{i:05d}_n0000" for i in range(8) if i != 3]
+    assert corpus.size == sum(batch["samples"] for batch in batches) == 8
+    assert sum(batch["skipped"] for batch in batches) == 1
+
+
+def test_a_lost_txt_reaches_train_json_and_the_log(tmp_path, capsys):
+    pattern = write_pair_shards(tmp_path / "shards", pairs=8, per_shard=8, size=64)
+    corrupt_header(tmp_path / "shards" / "pairs-000000.tar", "img00005_n0000.txt")
+    assert main(args(pattern, tmp_path / "run", "--log-every", "1")) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert summary["corpus"]["pairs"] == 8
+    assert summary["phases"][0]["skipped_pairs"] == 1 and summary["phases"][0]["pairs"] == 7
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["skipped"] == 1
+
+
 def test_training_over_a_corrupt_member_counts_it_and_resumes_in_place(tmp_path):
     pattern = write_pair_shards(tmp_path / "shards", pairs=16, per_shard=8, size=64)
     corrupt_header(tmp_path / "shards" / "pairs-000001.tar", "img00010_n0000.mask.png")
@@ -104,8 +126,8 @@ def test_training_over_a_corrupt_member_counts_it_and_resumes_in_place(tmp_path)
 
     whole = train(config(tmp_path / "whole"))
     phase = whole["phases"][0]
-    assert phase["steps"] == 2 * 4 and phase["skipped_pairs"] == 2  # the jpg's pair, once per epoch
-    assert phase["pairs"] == 2 * 15
+    assert phase["steps"] == 2 * 4 and phase["skipped_pairs"] == 2 * 2  # the jpg's and the mask's pairs, per epoch
+    assert phase["pairs"] == 2 * 14
     train(config(tmp_path / "parts", max_steps=3))
     assert train(config(tmp_path / "parts"), resume=True)["finished"]
     losses = [[json.loads(line)["loss"] for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
@@ -173,3 +195,50 @@ def test_mpt_on_plain_jpg_txt_shards_runs_and_says_it_had_nothing_to_learn(tmp_p
     assert summary["finished"] and phase["phase"] == "mpt" and phase["steps"] >= 2
     assert phase["pairs_without_masked_patch"] == phase["pairs"] == 8
     assert (tmp_path / "run" / "prompts.pt").exists() and "prompts learned nothing" in caplog.text
+
+
+def damaged_prompt_files(folder, visual) -> dict:
+    import zipfile
+
+    import torch
+
+    from finetune.mpt import MaskPromptedViT, save_prompts
+
+    good = folder / "good.pt"
+    save_prompts(good, MaskPromptedViT(visual, depth=2), "dataengine-tiny")
+    saved = torch.load(good, weights_only=True)
+    files = {}
+    for name, change in {"no-depth": lambda d: d.pop("depth"), "no-prompts": lambda d: d.pop("prompts"),
+                         "str-depth": lambda d: d.update(depth="2"), "flat": lambda d: d.update(prompts=torch.zeros(5)),
+                         "deep": lambda d: d.update(depth=9, prompts=torch.zeros(9, 4, 8))}.items():
+        copy = dict(saved)
+        change(copy)
+        torch.save(copy, folder / f"{name}.pt")
+        files[name] = folder / f"{name}.pt"
+    data = good.read_bytes()
+    (folder / "zip-error.pt").write_bytes(data[: len(data) // 2])  # a cut zip
+    with zipfile.ZipFile(folder / "bad-member.pt", "w") as archive:
+        archive.writestr("archive/data.pkl", b"garbage")
+    files |= {"zip-error": folder / "zip-error.pt", "bad-member": folder / "bad-member.pt", "folder": folder}
+    return files
+
+
+def test_a_damaged_prompt_file_is_one_line(tmp_path, capsys):
+    from dataengine.clip import load_clip
+    from dataengine.world import generate_world
+    from finetune.mpt import MPTError, read_prompt_file, wrap_with_prompts
+
+    visual = load_clip("dataengine-tiny", "cpu").model.visual
+    files = damaged_prompt_files(tmp_path, visual)
+    for name, path in files.items():
+        with pytest.raises(MPTError) as error:  # a ConfigError: exit 2 with one line
+            wrap_with_prompts(visual, path)
+        assert str(path) in str(error.value) and "\n" not in str(error.value), name
+    with pytest.raises(MPTError, match="--prompts"):
+        read_prompt_file(files["no-depth"])
+    world = tmp_path / "world"
+    generate_world(world, scenes=2, seed=3, heldout=0.5)
+    for name in ("no-depth", "zip-error"):
+        code = main(["bench", "--dataset", "world", "--root", str(world / "heldout"), "--clip", "dataengine-tiny",
+                     "--prompts", str(files[name]), "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r.json")])
+        assert str(files[name]) in one_line_error(code, capsys)

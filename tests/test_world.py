@@ -211,3 +211,29 @@ def test_pair_precision_counts_a_wrong_noun_on_the_right_mask_as_wrong(world, tm
     _oracle_corpus(world / "train", tmp_path / "wrong", wrong_nouns=True)
     row = pair_precision(tmp_path / "wrong", world / "train")[0]
     assert row["pairs"] > 0 and row["precision"] == 0.0
+
+
+def test_the_demo_refuses_files_it_did_not_write_and_replaces_its_own(tmp_path, capsys):
+    """`dataengine demo` deletes only what an earlier demo wrote into OUT: a user file in OUT/world or
+    in a run folder stops it with one line (exit 2) and survives; a rerun over its own output works."""
+    from dataengine.cli import main
+    from finetune.world_loop import LoopConfig, run_loop
+
+    out = tmp_path / "demo"
+    (out / "world").mkdir(parents=True)
+    (out / "world" / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "notes.txt" in error and "Traceback" not in error
+    assert (out / "world" / "notes.txt").read_text() == "mine"
+    (out / "world" / "notes.txt").unlink()
+
+    config = LoopConfig(out=str(out), train_scenes=8, heldout_scenes=4, clip="dataengine-world", epochs=1,
+                        batch_size=16, progress=False)
+    first = run_loop(config)
+    second = run_loop(config)  # into its own previous output
+    assert second["world"] == first["world"] and second["mining"]["annotations"]["pairs"] > 0
+    (out / "runs" / "mpt" / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 2
+    assert "keep.txt" in capsys.readouterr().err and (out / "runs" / "mpt" / "keep.txt").exists()
+    assert (out / "world" / "world.json").exists()  # refused before anything was deleted

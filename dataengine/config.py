@@ -18,6 +18,13 @@ from typing import Any
 import yaml
 
 DEFAULT_MASK_PIXELS = 1 << 26  # 64 Mi mask pixels: 64 MiB as booleans, 256 MiB as float logits
+
+
+def masks_per_chunk(budget: int, height: int, width: int) -> int:
+    """How many height x width masks fit in a budget of `budget` mask pixels (at least one)."""
+    return max(1, int(budget) // max(1, int(height) * int(width)))
+
+
 # Ray puts Unix sockets at TEMP_DIR/session_<date>_<pid>/sockets/plasma_store, and a socket path may
 # hold at most 107 bytes on Linux: what the session part takes is left off for --ray-temp-dir.
 RAY_SOCKET_SUFFIX = "/session_2000-01-01_00-00-00_000000_4194304/sockets/plasma_store.1"

@@ -17,7 +17,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from .clip import ClipModel, NounEmbeddings
-from .config import DEFAULT_MASK_PIXELS, MatchConfig
+from .config import DEFAULT_MASK_PIXELS, MatchConfig, masks_per_chunk
 from .keys import pair_key
 from .reasons import BELOW_MIN_MARGIN, BELOW_MIN_SCORE, NO_FREE_PROPOSAL, NOUN_LEVEL, OVER_MAX_PAIRS
 from .records import Pair, Reject, Sample
@@ -173,7 +173,7 @@ class RegionMatcher:
             yield chosen, pixels  # outside the timed phase: the consumer runs forwards in between
 
     def _masks_per_chunk(self, image: np.ndarray) -> int:
-        return max(1, min(self.batch_size, self.mask_pixels // max(1, image.shape[0] * image.shape[1])))
+        return min(self.batch_size, masks_per_chunk(self.mask_pixels, image.shape[0], image.shape[1]))
 
     def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(image)).to(self.clip.device, non_blocking=True).permute(2, 0, 1)

@@ -38,8 +38,11 @@ OUTPUT_ENTRIES = ("stats", "manifest.json", "shards", "index", "rejects", TMP_DI
 OUTPUT_FOLDERS = ("stats", "shards", "index", "rejects", TMP_DIR)
 SHARD_FILES = (SHARD_STATS, SHARD_TAR, SHARD_INDEX, SHARD_REJECTS)  # the done marker first
 RUN_FILES = ("manifest.json",)  # written once per run, besides the shards' files
-# Settings that change how a job runs, never what it writes.
-EXECUTION_ONLY = {"out", "device", "images_per_batch", "executor", "progress", "ray",
+# Settings that change how a job runs, never what it writes ("ray" is the whole section, its
+# connect_timeout_s included; mask_pixels_per_chunk bounds memory with the same output, so that a
+# resume with a lower one gets past out-of-memory). match.cpu_threads is not one: it changes the
+# last digits of scores.
+EXECUTION_ONLY = {"out", "device", "images_per_batch", "executor", "progress", "ray", "mask_pixels_per_chunk",
                   "nouns.batch_size", "nouns.n_process", "match.batch_size"}
 
 
@@ -47,13 +50,28 @@ def fingerprint(config: MineConfig, models: dict, version: str, source, total: i
     """Everything that shapes the output: settings, models, package version, the device kind (CPU
     and GPU scores differ in the last digits) and the input itself, as its length and a digest of
     its keys in order (a shard is a range of positions: an input that changed would mix them)."""
-    settings = config.to_dict()
-    for name in EXECUTION_ONLY:
-        parent, _, leaf = name.rpartition(".")
-        (settings[parent] if parent else settings).pop(leaf, None)
+    settings = _outcome_settings(config.to_dict())
     keys = hashlib.sha256("\n".join(source.key(index) for index in range(total)).encode()).hexdigest()
     return {"settings": settings, "models": models, "dataengine_version": version, "device": device_kind,
             "input": {"samples": total, "keys_sha256": keys}}
+
+
+def _outcome_settings(settings: dict) -> dict:
+    """`settings` (a config as a dict) without the EXECUTION_ONLY ones, in place."""
+    for name in EXECUTION_ONLY:
+        parent, _, leaf = name.rpartition(".")
+        container = settings.get(parent) if parent else settings
+        if isinstance(container, dict):
+            container.pop(leaf, None)
+    return settings
+
+
+def _comparable(job: dict) -> dict:
+    """A recorded job as this version fingerprints it: a run.json written before a setting became
+    execution-only still holds it, and resumes all the same."""
+    if not isinstance(job, dict) or not isinstance(job.get("settings"), dict):
+        return job
+    return {**job, "settings": _outcome_settings(json.loads(json.dumps(job["settings"])))}
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -177,7 +195,7 @@ class OutputFolder:
                               f"({', '.join(foreign[:3])}...); choose an empty or new folder, or pass --overwrite")
         finished = bool(self.done_shards())
         if previous is not None and finished and not overwrite:
-            changed = _differences(previous, job)
+            changed = _differences(_comparable(previous), job)
             if changed:
                 raise ConfigError(f"--out: {self.path} holds a corpus mined with other settings "
                                   f"({', '.join(changed[:5])}); pass --overwrite or choose another folder")

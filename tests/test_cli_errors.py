@@ -41,8 +41,13 @@ def job(tmp_path) -> list[str]:
             "--clip", "dataengine-tiny", "--executor", "local", "--no-progress"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
 def test_an_unwritable_out(job, tmp_path, capsys):
+    if os.geteuid() == 0:  # root writes into read-only folders: run the CLI as an unprivileged user
+        unwritable_out_as_nobody()
+        return
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
@@ -51,6 +56,50 @@ def test_an_unwritable_out(job, tmp_path, capsys):
         one_line_error(job + ["--out", str(locked)], capsys, "cannot write")
     finally:
         locked.chmod(0o700)
+
+
+def unwritable_out_as_nobody() -> None:
+    """The same checks in a subprocess as uid/gid 65534 (setpriv), on inputs in a folder that user
+    can read (pytest's own temporary folders are root's alone)."""
+    import shutil
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is missing: cannot drop privileges")
+    root = Path(tempfile.mkdtemp(prefix="dataengine-nobody-"))
+    try:
+        root.chmod(0o755)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root), "LANG": "C.UTF-8"}
+
+        def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+            return subprocess.run([setpriv, *NOBODY, sys.executable, *argv], capture_output=True, text=True,
+                                  cwd=root, env=env, timeout=300)
+
+        probe = as_nobody("-c", "import dataengine")
+        if probe.returncode != 0:
+            pytest.skip(f"the venv is not usable by uid 65534: {probe.stderr.strip().splitlines()[-1:]}")
+        images = root / "images"
+        images.mkdir()
+        Image.new("RGB", (40, 30), (200, 20, 20)).save(images / "a.png")
+        (root / "captions.jsonl").write_text('{"image": "a.png", "caption": "A red box."}\n')
+        for path in (images / "a.png", root / "captions.jsonl"):
+            path.chmod(0o644)
+        images.chmod(0o755)
+        locked = root / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        argv = ["-m", "dataengine", "mine", "--source", "folder", "--images", str(images), "--captions",
+                str(root / "captions.jsonl"), "--clip", "dataengine-tiny", "--executor", "local", "--no-progress"]
+        for out in (locked / "out", locked):
+            result = as_nobody(*argv, "--out", str(out))
+            errors = [line for line in result.stderr.strip().splitlines() if not line.startswith("WARNING ")]
+            assert result.returncode == 2, result.stderr[-2000:]
+            assert len(errors) == 1 and "cannot write" in errors[0], result.stderr[-2000:]
+            assert "Traceback" not in result.stderr + result.stdout
+        assert os.listdir(locked) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_an_out_that_cannot_be_a_folder(job, tmp_path, capsys):
@@ -111,6 +160,31 @@ def test_a_ray_address_that_times_out(monkeypatch):
         check_reachable("ray://10.0.0.1:10001", 0.5)
     with pytest.raises(ConfigError, match="expected auto, HOST:PORT"):
         check_reachable("no-port-here", 0.5)
+
+
+def test_an_explicit_ray_address_wins_over_ray_address_in_the_environment(monkeypatch):
+    """ray.init reads RAY_ADDRESS only for no address or "auto": so does the reachability check."""
+    import socket
+
+    from dataengine.executors.ray import check_reachable
+
+    tried = []
+
+    def connect(address, timeout):
+        tried.append(address)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")
+    from dataengine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="at 10.0.0.1:10001"):
+        check_reachable("ray://10.0.0.1:10001", 0.5)
+    with pytest.raises(ConfigError, match="at 10.0.0.2:6380"):
+        check_reachable("10.0.0.2:6380", 0.5)
+    with pytest.raises(ConfigError, match="at 10.9.9.9:6379"):  # auto: the environment's address
+        check_reachable("auto", 0.5)
+    assert tried == [("10.0.0.1", 10001), ("10.0.0.2", 6380), ("10.9.9.9", 6379)]
 
 
 def test_a_config_file_that_is_not_utf8(tmp_path, capsys):

@@ -115,6 +115,24 @@ def test_overwrite_through_the_cli_keeps_the_user_file(tmp_path, capsys):
     assert not (out / LOCK_FILE).exists()
 
 
+def test_a_resume_with_other_execution_only_settings_is_accepted(tmp_path, capsys):
+    """A lower --mask-pixels-per-chunk (to get past out-of-memory) or another Ray connect timeout
+    changes how the job runs, never what it writes: the finished corpus resumes."""
+    config = folder_job(tmp_path)
+    mine(config)
+    out = Path(config.out)
+    argv = ["mine", "--source", "folder", "--images", config.source.images, "--captions", config.source.captions,
+            "--clip", "dataengine-tiny", "--executor", "local", "--no-progress", "--out", str(out)]
+    for extra in (["--mask-pixels-per-chunk", "4096"], ["--ray-connect-timeout", "5"]):
+        assert main(argv + extra) == 0, capsys.readouterr().err
+    record = json.loads((out / "run.json").read_text())  # as a version before this one recorded it
+    record["job"]["settings"]["mask_pixels_per_chunk"] = 1 << 20
+    (out / "run.json").write_text(json.dumps(record))
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main(argv + ["--min-score", "0.5"]) == 2  # a setting that shapes the output is still refused
+    assert "other settings (settings.match.min_score)" in capsys.readouterr().err
+
+
 def test_demo_refuses_to_replace_files_it_did_not_write(tmp_path, capsys):
     out = tmp_path / "demo"
     (out / "shards").mkdir(parents=True)
@@ -290,6 +308,25 @@ def test_classical_upsampling_of_a_large_image_stays_within_the_mask_budget():
     chunked = _upsampled(kept, (200, 250), 3 * 200 * 250, "classical")
     assert [r["counts"] for r in reference.rles] == [r["counts"] for r in chunked.rles]
     assert np.array_equal(reference.scores, chunked.scores)
+
+
+def test_one_helper_sizes_every_mask_chunk(monkeypatch):
+    """masks_per_chunk (beside DEFAULT_MASK_PIXELS) is the one formula: classical upsampling,
+    MaskFormer/SAM and matching all call it."""
+    import inspect
+
+    from dataengine import config, match
+    from dataengine.proposals import classical, hf
+
+    assert config.masks_per_chunk(100, 10, 5) == 2 and config.masks_per_chunk(99, 10, 10) == 1
+    assert config.masks_per_chunk(1, 0, 0) == 1 and config.masks_per_chunk(1 << 26, 2048, 2048) == 16
+    for module in (match, classical, hf):
+        assert module.masks_per_chunk is config.masks_per_chunk
+        assert "mask_pixels //" not in inspect.getsource(module)
+    calls = []
+    monkeypatch.setattr(classical, "masks_per_chunk", lambda *args: calls.append(args) or 1)
+    kept = Proposals.from_masks(np.ones((3, 4, 5), dtype=bool), np.ones(3), "classical")
+    assert len(classical._upsampled(kept, (8, 10), 10**9, "classical")) == 3 and calls == [(10**9, 8, 10)]
 
 
 def test_classical_proposals_are_the_same_with_a_tiny_mask_budget():

@@ -242,6 +242,54 @@ def test_a_key_without_image_names_its_members(tmp_path):
     assert "mp4" in sample.reject.detail and "txt" in sample.reject.detail
 
 
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_tar_members_over_max_file_bytes_are_too_large_without_being_read(tmp_path, mode):
+    """The member header's size is compared with max_file_bytes first: a compressed tar holding a
+    member of 24 MiB zeros (a few KB on disk) never has it decompressed into memory."""
+    import tracemalloc
+
+    huge = b"\0" * (24 << 20)
+    tar = write_tar(tmp_path / f"t.tar{'.gz' if 'gz' in mode else ''}", {
+        "big.jpg": huge, "big.txt": b"A dog.",
+        "longtxt.jpg": jpeg_bytes(), "longtxt.txt": huge,
+        "longjson.jpg": jpeg_bytes(), "longjson.json": b'{"caption": "' + b"a" * (24 << 20) + b'"}',
+        "ok.jpg": jpeg_bytes(), "ok.txt": b"A red dog."}, mode)
+    del huge
+    config = wds_config(tar)
+    config.max_file_bytes = 1 << 20
+    source = create_source(config)
+    tracemalloc.start()
+    try:
+        samples = [decoded(sample, config) for sample in source.read(0, len(source))]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak} bytes held while reading"
+    assert reasons(samples) == {"big": "too_large", "longtxt": "too_large", "longjson": "too_large", "ok": None}
+    by_key = {sample.key: sample for sample in samples}
+    for key, member in (("big", "big.jpg"), ("longtxt", "longtxt.txt"), ("longjson", "longjson.json")):
+        detail = by_key[key].reject.detail
+        assert f"#{member}:" in detail and "max_file_bytes 1048576" in detail, detail
+    assert by_key["ok"].captions[0].text == "A red dog."
+
+
+def test_a_key_txt_that_is_not_utf8_is_refused_as_in_every_other_source(tmp_path):
+    """The same bytes as a folder table's caption cell: one rule (tables.captions_of) for both."""
+    latin1 = "Un caf\xe9.".encode("latin-1")
+    tar = write_tar(tmp_path / "t.tar", {"a.jpg": jpeg_bytes(), "a.txt": latin1,
+                                         "b.jpg": jpeg_bytes(), "b.txt": "Un caf\xe9.".encode()})
+    samples = all_samples(wds_config(tar))
+    assert reasons(samples) == {"a": "source_error", "b": None}
+    assert "a.txt" in samples[0].reject.detail and "not UTF-8" in samples[0].reject.detail
+    assert samples[1].captions[0].text == "Un caf\xe9."
+    images = tmp_path / "images"
+    images.mkdir()
+    write_image(images / "a.jpg")
+    pq.write_table(pa.table({"image": ["a.jpg"], "caption": pa.array([latin1], pa.binary())}), tmp_path / "t.parquet")
+    [row] = all_samples(folder_config(images, tmp_path / "t.parquet"))
+    assert row.reject.reason == "source_error" and "not UTF-8" in row.reject.detail
+
+
 # --- item 4: COCO JSON ------------------------------------------------------------------------------
 
 
@@ -273,6 +321,18 @@ def test_coco_image_records_without_a_usable_id_are_source_error_rows(tmp_path):
                                 "bad-image-record-2": "source_error", "bad-image-record-3": "source_error"}
     details = {s.key: s.reject.detail for s in samples if s.reject}
     assert "no id" in details["bad-image-record-0"] and "integer or a string" in details["bad-image-record-2"]
+
+
+def test_coco_messages_show_values_with_the_one_bounded_repr(tmp_path):
+    """config.short_repr, as everywhere else: a deep or long id is cut by depth and length."""
+    from dataengine.config import short_repr
+    from dataengine.sources import coco
+
+    deep = [[[[[list(range(1000))]]]]]
+    config = write_coco(tmp_path, {"images": [{"id": deep, "file_name": "a.jpg"}], "annotations": []})
+    [sample] = all_samples(config)
+    assert sample.reject.detail.endswith(f"got {short_repr(deep)}") and len(sample.reject.detail) < 200
+    assert not hasattr(coco, "_short")
 
 
 def test_coco_int_and_string_ids_mix(tmp_path):
@@ -380,6 +440,29 @@ def test_csv_rows_with_missing_fields_are_source_error_rows(tmp_path):
     assert reasons(samples) == {"a": None, "row-1": "source_error", "c": None, "42": None}
     assert samples[2].captions[0].text == "A square, red."
     assert samples[3].captions[0].text == "43"  # every CSV cell is text, none is type-guessed
+
+
+def test_a_csv_field_over_the_field_limit_is_one_source_error_row_and_the_rest_is_read(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "c", "d"):
+        write_image(images / f"{name}.jpg")
+    table = tmp_path / "t.csv"
+    huge = "x" * (200 * 1024)  # over the csv module's 128 Ki-character field limit
+    table.write_text(f"image,caption\na.jpg,A red square.\nb.jpg,{huge}\nc.jpg,A blue square.\nd.jpg,A dot.\n")
+    samples = all_samples(folder_config(images, table))
+    assert reasons(samples) == {"a": None, "row-1": "source_error", "c": None, "d": None}
+    assert "field larger than field limit" in samples[1].reject.detail
+    assert [s.captions[0].text for s in samples if s.alive] == ["A red square.", "A blue square.", "A dot."]
+
+
+def test_a_csv_header_that_cannot_be_parsed_is_one_config_error(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    table = tmp_path / "t.csv"
+    table.write_text("image," + "c" * (200 * 1024) + "\na.jpg,A dog.\n")
+    with pytest.raises(ConfigError, match="cannot read the header"):
+        create_source(folder_config(images, table))
 
 
 # --- item 7: nouns are words -------------------------------------------------------------------------

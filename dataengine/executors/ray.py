@@ -255,8 +255,9 @@ class RayExecutor:
 
 def check_reachable(address: str, timeout: float) -> None:
     """Fail within `timeout` seconds, with a message, where nothing listens at a cluster address:
-    ray.init would otherwise retry for many minutes (`ray.connect_timeout_s`)."""
-    target = os.environ.get("RAY_ADDRESS") or address
+    ray.init would otherwise retry for many minutes (`ray.connect_timeout_s`). As ray.init does,
+    RAY_ADDRESS counts only for "auto": an explicit HOST:PORT is the address it connects to."""
+    target = (os.environ.get("RAY_ADDRESS") or address) if address == "auto" else address
     if target == "auto":
         try:
             from ray._private.services import canonicalize_bootstrap_address

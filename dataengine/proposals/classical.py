@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from skimage import graph, segmentation
 
-from ..config import DEFAULT_MASK_PIXELS
+from ..config import DEFAULT_MASK_PIXELS, masks_per_chunk
 from ..masks import finalize, iou_matrix
 from ..records import Proposals, Sample
 from . import ProposalGenerator
@@ -142,7 +142,7 @@ def _upsampled(kept: Proposals, shape: tuple[int, int], mask_pixels: int, name: 
     """`kept` (work size) upsampled to `shape` and encoded, at most `mask_pixels` mask pixels at a time."""
     if not len(kept):
         return Proposals([], np.zeros(0), name)
-    step = max(1, mask_pixels // max(1, shape[0] * shape[1]))
+    step = masks_per_chunk(mask_pixels, shape[0], shape[1])
     parts = [Proposals.from_masks(_upsample(kept.filter(np.arange(start, min(start + step, len(kept)))).decode(), shape),
                                   kept.scores[start : start + step], name)
              for start in range(0, len(kept), step)]

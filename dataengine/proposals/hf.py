@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ..config import DEFAULT_MASK_PIXELS, ConfigError, ProposalConfig
+from ..config import DEFAULT_MASK_PIXELS, ConfigError, ProposalConfig, masks_per_chunk
 from ..hub import hub_access
 from ..records import Proposals, Sample
 from . import ProposalGenerator
@@ -125,8 +125,9 @@ class MaskFormerProposals(HFProposals):
         renormalized = (class_probs / class_probs.sum(-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
         objectness = objectness.cpu().numpy()
         height, width = sample.image.shape[:2]
-        pixels = max(height * width, pixel_mask.shape[0] * pixel_mask.shape[1], 1)
-        step = max(1, self.mask_pixels // pixels)  # queries upsampled together: each one is independent
+        # queries upsampled together (each one is independent), at the larger of the padded and the image size
+        largest = max((height, width), tuple(pixel_mask.shape[:2]), key=lambda shape: shape[0] * shape[1])
+        step = masks_per_chunk(self.mask_pixels, *largest)
         parts = []
         for start in range(0, len(objectness), step):
             chunk = mask_logits[start : start + step]
@@ -167,7 +168,7 @@ class SamProposals(HFProposals):
         )
         scores = np.asarray(result["scores"], dtype=np.float64).reshape(-1)
         kept = [number for number in range(len(result["masks"])) if scores[number] >= cfg.score_threshold]
-        step = max(1, self.mask_pixels // max(1, sample.image.shape[0] * sample.image.shape[1]))
+        step = masks_per_chunk(self.mask_pixels, sample.image.shape[0], sample.image.shape[1])
         parts = [Proposals.from_masks(np.stack([np.asarray(result["masks"][n], dtype=bool) for n in chosen]),
                                       scores[chosen], self.name)
                  for chosen in (kept[start : start + step] for start in range(0, len(kept), step))]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from ..config import ConfigError
+from ..config import ConfigError, short_repr
 from ..keys import safe_key
 from ..nouns import normalize_caption
 from ..reasons import SOURCE_ERROR
@@ -60,7 +60,7 @@ class CocoSource(Source):
             return self._bad(index, f"images[{position}]: {_id_problem(image)}")
         file_name = image.get("file_name")
         if not isinstance(file_name, str) or not file_name.strip():
-            return self._bad(index, f"image id {image_id!r}: no file_name (got {_short(file_name)})", str(image_id))
+            return self._bad(index, f"image id {image_id!r}: no file_name (got {short_repr(file_name)})", str(image_id))
         path, problem = image_under(self.images_dir, file_name, self.config.allow_outside_images)
         if problem:
             return self._bad(index, f"image id {image_id!r}: {problem}", str(image_id))
@@ -69,7 +69,7 @@ class CocoSource(Source):
             text = annotation.get("caption")
             if text is not None and not isinstance(text, str):
                 return self._bad(index, f"image id {image_id!r}: caption annotation {annotation.get('id', number)!r} "
-                                        f"holds a {type(text).__name__}, not a string: {_short(text)}", str(image_id))
+                                        f"holds a {type(text).__name__}, not a string: {short_repr(text)}", str(image_id))
             captions.append(Caption(str(annotation.get("id", f"annotation-{number}")), normalize_caption(text or "")))
         annotations = None
         if self.instances is not None:
@@ -131,7 +131,7 @@ def _id_problem(image) -> str:
         return f"an image record must be an object, got a JSON {_json_type(image)}"
     if "id" not in image:
         return "the image record has no id"
-    return f"image id must be an integer or a string, got {_short(image['id'])}"
+    return f"image id must be an integer or a string, got {short_repr(image['id'])}"
 
 
 def _order(value, position: int) -> tuple:
@@ -143,11 +143,6 @@ def _order(value, position: int) -> tuple:
     return (2, 0, "", position)
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _group_by_image(annotations: list, flag: str) -> dict:
     """image id -> [(file position, annotation)], in annotation id order within an image."""
     grouped = defaultdict(list)
@@ -155,8 +150,8 @@ def _group_by_image(annotations: list, flag: str) -> dict:
         if not isinstance(annotation, dict):
             raise ConfigError(f"{flag}: annotations[{position}] is a JSON {_json_type(annotation)}, not an object")
         if not _valid_id(annotation.get("image_id")):
-            what = "has no image_id" if "image_id" not in annotation else f"has image_id {_short(annotation['image_id'])}"
-            raise ConfigError(f"{flag}: annotations[{position}] (id {_short(annotation.get('id'))}) {what}; every "
+            what = "has no image_id" if "image_id" not in annotation else f"has image_id {short_repr(annotation['image_id'])}"
+            raise ConfigError(f"{flag}: annotations[{position}] (id {short_repr(annotation.get('id'))}) {what}; every "
                               "annotation must name its image by an integer or string id")
         grouped[annotation["image_id"]].append((position, annotation))
     for items in grouped.values():

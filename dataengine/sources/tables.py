@@ -1,8 +1,9 @@
 """Shared helpers for sources that read tables of (image, caption) rows.
 
 One bad row never refuses the table: a JSONL line that is not JSON (or not an object, or not
-UTF-8) and a CSV row with the wrong number of fields are `BadRow`s, which the folder source turns
-into `source_error` reject rows; the rest is mined. JSONL and CSV are read row by row for that
+UTF-8), a CSV row with the wrong number of fields and one the csv module cannot parse (a field
+over `CSV_FIELD_LIMIT`) are `BadRow`s, which the folder source turns into `source_error` reject
+rows; the rest is mined. JSONL and CSV are read row by row for that
 reason (a whole-table reader such as pyarrow's refuses the file at its first bad line, and infers
 column types from the first rows, so one caption `42` among strings would refuse it too). A table
 that cannot be read at all (no header, unreadable parquet) is still one `ConfigError`.
@@ -18,6 +19,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..config import ConfigError
+
+# The csv module's own limit on one field (its default, 128 Ki characters, is left as it is: the
+# setting is process-wide): a row with a longer field is a BadRow, and the rows after it are read.
+CSV_FIELD_LIMIT = csv.field_size_limit()
 
 
 @dataclass(frozen=True)
@@ -80,28 +85,40 @@ def _json_row(line: bytes, row: int, where: str) -> dict | BadRow:
 
 
 def _read_csv(path: Path, delimiter: str) -> list[dict | BadRow]:
-    """Every cell a string (an empty cell is None); a row whose field count differs from the header's is a BadRow."""
+    """Every cell a string (an empty cell is None); a row whose field count differs from the header's,
+    or that the csv module cannot parse (a field over `CSV_FIELD_LIMIT` characters, say), is a BadRow
+    and reading goes on at the next line. A header that cannot be parsed is a ConfigError."""
     rows: list[dict | BadRow] = []
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
             header = next(reader, None)
-            if header is None:
-                return []
-            for fields in reader:
-                where = f"line {reader.line_num}"
-                if not fields:
-                    continue
-                if len(fields) != len(header):
-                    rows.append(BadRow(len(rows), f"{where}: {len(fields)} fields, the header has {len(header)}"))
-                elif any(_has_surrogates(field) for field in fields):
-                    rows.append(BadRow(len(rows), f"{where}: not UTF-8"))
-                else:
-                    rows.append({name: (value if value != "" else None) for name, value in zip(header, fields, strict=True)})
         except csv.Error as error:
-            rows.append(BadRow(len(rows), f"line {reader.line_num}: {error}"))
-    if any(_has_surrogates(name) for name in header):
-        raise ConfigError(f"--captions: {path}: the header is not UTF-8")
+            raise ConfigError(f"--captions: {path}: cannot read the header (line {reader.line_num}): {error}") from None
+        if header is None:
+            return []
+        if any(_has_surrogates(name) for name in header):
+            raise ConfigError(f"--captions: {path}: the header is not UTF-8")
+        while True:
+            line = reader.line_num
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:  # the rest of the bad line is skipped; the next line is a row again
+                rows.append(BadRow(len(rows), f"line {reader.line_num}: {error}"))
+                if reader.line_num == line:  # nothing consumed: never loop on the same error
+                    break
+                continue
+            where = f"line {reader.line_num}"
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                rows.append(BadRow(len(rows), f"{where}: {len(fields)} fields, the header has {len(header)}"))
+            elif any(_has_surrogates(field) for field in fields):
+                rows.append(BadRow(len(rows), f"{where}: not UTF-8"))
+            else:
+                rows.append({name: (value if value != "" else None) for name, value in zip(header, fields, strict=True)})
     return rows
 
 

@@ -30,10 +30,10 @@ from webdataset.tariterators import base_plus_ext
 
 from ..config import ConfigError
 from ..keys import safe_key
-from ..nouns import normalize_caption
-from ..reasons import BAD_METADATA, MISSING_FILE, SOURCE_ERROR
+from ..reasons import BAD_METADATA, MISSING_FILE, SOURCE_ERROR, TOO_LARGE
 from ..records import Caption, Sample
 from . import Source
+from .tables import captions_of
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 COMPRESSIONS = {b"\x1f\x8b": ("gz", gzip.open), b"BZh": ("bz2", bz2.open), b"\xfd7zXZ\x00": ("xz", lzma.open)}
@@ -80,27 +80,52 @@ class WebDatasetSource(Source):
             return sample
         json_ext, text_ext = member_of(entry, ("json",)), member_of(entry, ("txt",))
         image_ext = member_of(entry, IMAGE_EXTENSIONS)
-        meta, meta_error = _json_of(self._read_member(entry, json_ext))
-        text = self._read_member(entry, text_ext)
-        caption = text.decode("utf-8", "replace") if text is not None else meta.get("caption")
-        caption = normalize_caption(caption) if isinstance(caption, str) else ""
+        # Every member's size is compared with max_file_bytes from its tar header, before it is read.
+        oversized = {ext: self._oversized(entry, ext) for ext in (json_ext, text_ext, image_ext) if ext}
+        problems: list[tuple[str, str]] = []  # (reason, detail), the first one is the sample's reject
+        meta, meta_error = ({}, None) if oversized.get(json_ext) else _json_of(self._read_member(entry, json_ext))
+        if json_ext and oversized[json_ext]:
+            problems.append((TOO_LARGE, oversized[json_ext]))
+        elif meta_error:
+            problems.append((BAD_METADATA, f"{entry.key}.{json_ext}: {meta_error}"))
+        texts: list[str] = []
+        if text_ext and oversized[text_ext]:
+            problems.append((TOO_LARGE, oversized[text_ext]))
+        else:
+            text = self._read_member(entry, text_ext)
+            try:  # the one rule of every source (tables.captions_of): bytes that are not UTF-8 are refused
+                texts = captions_of(text if text is not None else meta.get("caption"))
+            except (TypeError, ValueError) as error:
+                where = f"{entry.key}.{text_ext}" if text is not None else f"{entry.key}.{json_ext} caption"
+                problems.append((SOURCE_ERROR, f"{where}: {error}"))
+        texts = [text for text in texts if text]
+        if image_ext is None:
+            found = ", ".join(sorted(entry.members)) or "none"
+            problems.append((MISSING_FILE, f"no image member ({'/'.join(IMAGE_EXTENSIONS)}) for key {entry.key} "
+                                           f"(its members: {found})"))
+        elif oversized[image_ext]:
+            problems.append((TOO_LARGE, oversized[image_ext]))
         compressed = entry.compression is not None
+        readable = image_ext is not None and not oversized[image_ext]
         sample = Sample(
             key=self.key(index),
             image_id=str(meta.get("key", entry.key)),
             source=f"{entry.url}#{entry.key}.{image_ext or '?'}",
-            captions=[Caption("0", caption)] if caption else [],
+            captions=[Caption(str(number) if len(texts) > 1 else "0", text) for number, text in enumerate(texts)],
             image_path=entry.url if not compressed else None,
-            image_range=entry.members[image_ext] if image_ext and not compressed else None,
-            image_bytes=self._read_member(entry, image_ext) if image_ext and compressed else None,
+            image_range=entry.members[image_ext] if readable and not compressed else None,
+            image_bytes=self._read_member(entry, image_ext) if readable and compressed else None,
         )
-        if meta_error:
-            sample.drop(BAD_METADATA, f"{entry.key}.{json_ext}: {meta_error}", "source")
-        elif image_ext is None:
-            found = ", ".join(sorted(entry.members)) or "none"
-            sample.drop(MISSING_FILE, f"no image member ({'/'.join(IMAGE_EXTENSIONS)}) for key {entry.key} "
-                                      f"(its members: {found})", "source")
+        for reason, detail in problems[:1]:
+            sample.drop(reason, detail, "source")
         return sample
+
+    def _oversized(self, entry: TarSample, extension: str) -> str | None:
+        """Why the member is too large to read (its header's size over max_file_bytes), or None."""
+        size, limit = entry.members[extension][1], self.config.max_file_bytes
+        if size <= limit:
+            return None
+        return f"{entry.url}#{entry.key}.{extension}: {size} bytes > max_file_bytes {limit}"
 
     def _read_member(self, entry: TarSample, extension: str | None) -> bytes | None:
         if extension is None:

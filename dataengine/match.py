@@ -176,7 +176,8 @@ class RegionMatcher:
         return min(self.batch_size, masks_per_chunk(self.mask_pixels, image.shape[0], image.shape[1]))
 
     def _image_tensor(self, image: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(image)).to(self.clip.device, non_blocking=True).permute(2, 0, 1)
+        # torch wants a writable array (decoded images may be read-only views of PIL buffers)
+        return torch.from_numpy(np.require(image, requirements=["C", "W"])).to(self.clip.device, non_blocking=True).permute(2, 0, 1)
 
     def _mask_tensor(self, rles: list[dict], indices: list[int]) -> torch.Tensor:
         """The masks `indices` of `rles`, decoded at full resolution: (len(indices), H, W) bool."""

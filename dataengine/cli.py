@@ -1,4 +1,6 @@
-"""Command line: `dataengine mine | inspect | demo | finetune | bench`. Entry point `main(argv)` (tests call it in-process).
+"""Command line: `dataengine mine | inspect`, plus the subcommands other packages register under the
+`dataengine.commands` entry point group (this project's `finetune/`: demo, export-clip, finetune,
+bench), so that dataengine never imports them. Entry point `main(argv)` (tests call it in-process).
 
 User errors (bad flags, bad paths, bad values) print one line and exit with status 2.
 """
@@ -10,12 +12,14 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 import yaml
 
 from .config import ConfigError, MineConfig, from_dict, load_yaml_config
 
 PROG = "dataengine"
+COMMANDS_GROUP = "dataengine.commands"  # entry points: callables that add subcommands
 
 
 class UsageError(Exception):
@@ -152,49 +156,6 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    if args.photos:
-        return run_photo_demo(args)
-    from finetune.world_loop import format_report, full_config, run_loop, small_config
-
-    config = (full_config if args.full else small_config)(args.out, progress=not args.no_progress)
-    report = run_loop(config)
-    print("\n" + format_report(report))
-    print(f"\n-> {args.out}/world_report.json; mined pairs in {args.out}/corpus-*/ (dataengine inspect ...)")
-    return 0
-
-
-def run_photo_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo as demo
-    from .inspect import inspect_corpus
-
-    manifest = demo(args.out, progress=not args.no_progress)
-    print_summary(manifest)
-    print(inspect_corpus(args.out, top=10, samples=5))
-    return 0
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .export import describe_export, export_open_clip
-
-    spec, folder = args.clip, Path(args.clip).expanduser()
-    if folder.is_dir():
-        from finetune.models import describe_run
-
-        if not (folder / "train.json").exists():
-            raise ConfigError(f"--clip: {folder} is not a finetune output folder (no train.json)")
-        spec, prompts, _ = describe_run(folder)
-        if not (folder / "model.pt").exists():
-            raise ConfigError(f"--clip: {folder} holds mask prompts only (an MPT run): they need this package's "
-                              "wrapper and are not part of an open_clip model; export a finetune run's folder")
-        if prompts:
-            print(f"note: {prompts} is not exported (mask prompts are not part of an open_clip model)")
-    print(describe_export(export_open_clip(spec, args.out)))
-    return 0
-
-
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -225,34 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(run=run_inspect)
 
-    demo = commands.add_parser("demo", help="the whole loop in a controlled world, offline, with a results table",
-                               description="Generate a small world of drawn scenes with exact ground truth, mine pairs from "
-                                           "its captions with the package's small trained CLIP, train mask prompt tuning on "
-                                           "them and print the benchmark on held-out scenes (seen and unseen nouns apart). "
-                                           "A few minutes on a laptop CPU. Only what an earlier demo or run wrote in OUT is "
-                                           "replaced (with --photos too): other files in the way are refused.")
-    demo.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
-    demo.add_argument("--full", action="store_true",
-                      help="the full table: a larger world, annotation and classical proposals, score and margin "
-                           "filters, MPT, finetune, finetune+MPT and finetune on ground-truth pairs (tens of minutes)")
-    demo.add_argument("--photos", action="store_true",
-                      help="instead: mine scikit-image's bundled photos with the tiny seeded CLIP (the machinery only)")
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.set_defaults(run=run_demo)
-
-    export = commands.add_parser("export-clip", help="write a CLIP as an open_clip local-dir: folder",
-                                 description="Write any --clip spec, or the weights of a finetune output folder, as an "
-                                             "open_clip local-dir: folder (open_clip_config.json + open_clip_model.safetensors) "
-                                             "that open_clip's own tools load unchanged, e.g. open_clip_train --model local-dir:DIR.")
-    export.add_argument("--clip", required=True, metavar="SPEC",
-                        help="open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT], or a dataengine finetune output folder")
-    export.add_argument("--out", required=True, metavar="DIR", help="new or empty folder to write")
-    export.set_defaults(run=run_export)
-
-    from finetune.cli import add_bench_parser, add_finetune_parser
-
-    add_finetune_parser(commands)
-    add_bench_parser(commands)
+    for command in sorted(entry_points(group=COMMANDS_GROUP), key=lambda entry: entry.name):
+        command.load()(commands)  # commands of other packages (finetune: demo, export-clip, finetune, bench)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""`dataengine finetune` and `dataengine bench` (also `python -m finetune.bench`)."""
+"""`dataengine demo | export-clip | finetune | bench` (also `python -m finetune.bench`), registered with the
+`dataengine` command through the `dataengine.commands` entry point (see `register`)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,87 @@ TRAIN_HELP = {
 OPTIONAL_COUNTS = {"max_steps", "prompt_depth"}  # int settings whose default is None
 NEGATED = {"mask_repeated_nouns": "--keep-repeated-nouns", "learn_logit_scale": "--freeze-logit-scale",
            "progress": "--no-progress"}
+
+
+def register(commands) -> None:
+    """The `dataengine.commands` entry point: this package's subcommands of `dataengine`."""
+    add_demo_parser(commands)
+    add_export_parser(commands)
+    add_finetune_parser(commands)
+    add_bench_parser(commands)
+
+
+def add_demo_parser(commands) -> None:
+    demo = commands.add_parser("demo", help="the whole loop in a controlled world, offline, with a results table",
+                               description="Generate a small world of drawn scenes with exact ground truth, mine pairs from "
+                                           "its captions with the package's small trained CLIP, train mask prompt tuning on "
+                                           "them and print the benchmark on held-out scenes (seen and unseen nouns apart). "
+                                           "A few minutes on a laptop CPU. Only what an earlier demo or run wrote in OUT is "
+                                           "replaced (with --photos too): other files in the way are refused.")
+    demo.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
+    demo.add_argument("--full", action="store_true",
+                      help="the full table: a larger world, annotation and classical proposals, score and margin "
+                           "filters, MPT, finetune, finetune+MPT and finetune on ground-truth pairs (tens of minutes)")
+    demo.add_argument("--photos", action="store_true",
+                      help="instead: mine scikit-image's bundled photos with the tiny seeded CLIP (the machinery only)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=run_demo)
+
+
+
+def add_export_parser(commands) -> None:
+    export = commands.add_parser("export-clip", help="write a CLIP as an open_clip local-dir: folder",
+                                 description="Write any --clip spec, or the weights of a finetune output folder, as an "
+                                             "open_clip local-dir: folder (open_clip_config.json + open_clip_model.safetensors) "
+                                             "that open_clip's own tools load unchanged, e.g. open_clip_train --model local-dir:DIR.")
+    export.add_argument("--clip", required=True, metavar="SPEC",
+                        help="open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT], or a dataengine finetune output folder")
+    export.add_argument("--out", required=True, metavar="DIR", help="new or empty folder to write")
+    export.set_defaults(run=run_export)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.photos:
+        return run_photo_demo(args)
+    from .world_loop import format_report, full_config, run_loop, small_config
+
+    config = (full_config if args.full else small_config)(args.out, progress=not args.no_progress)
+    report = run_loop(config)
+    print("\n" + format_report(report))
+    print(f"\n-> {args.out}/world_report.json; mined pairs in {args.out}/corpus-*/ (dataengine inspect ...)")
+    return 0
+
+
+def run_photo_demo(args: argparse.Namespace) -> int:
+    from dataengine.cli import print_summary
+    from dataengine.demo import run_demo as demo
+    from dataengine.inspect import inspect_corpus
+
+    manifest = demo(args.out, progress=not args.no_progress)
+    print_summary(manifest)
+    print(inspect_corpus(args.out, top=10, samples=5))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dataengine.export import describe_export, export_open_clip
+
+    spec, folder = args.clip, Path(args.clip).expanduser()
+    if folder.is_dir():
+        from .models import describe_run
+
+        if not (folder / "train.json").exists():
+            raise ConfigError(f"--clip: {folder} is not a finetune output folder (no train.json)")
+        spec, prompts, _ = describe_run(folder)
+        if not (folder / "model.pt").exists():
+            raise ConfigError(f"--clip: {folder} holds mask prompts only (an MPT run): they need this package's "
+                              "wrapper and are not part of an open_clip model; export a finetune run's folder")
+        if prompts:
+            print(f"note: {prompts} is not exported (mask prompts are not part of an open_clip model)")
+    print(describe_export(export_open_clip(spec, args.out)))
+    return 0
 
 
 def add_finetune_parser(commands) -> None:

@@ -48,11 +48,6 @@ class NounStage(Stage):
         if self.extractor is None:
             self.extractor = NounExtractor(self.config)
 
-    @property
-    def model_id(self) -> str:
-        self.setup()
-        return self.extractor.model_name
-
     def process_batch(self, samples: list[Sample]) -> None:
         from .nouns import image_nouns
 

@@ -89,6 +89,11 @@ class Phase:
     def encode(self, images, masks):
         return self.tower(images, masks) if isinstance(self.tower, MaskPromptedViT) else self.tower(images)
 
+    def close(self) -> None:
+        """Takes MPT's hooks off the shared tower, so that what runs on it next sees the plain tower."""
+        if isinstance(self.tower, MaskPromptedViT):
+            self.tower.remove_hooks()
+
 
 def build_phase(name: str, clip: ClipModel, config: TrainConfig) -> Phase:
     model = clip.model
@@ -98,7 +103,7 @@ def build_phase(name: str, clip: ClipModel, config: TrainConfig) -> Phase:
         model.visual.train()
         model.logit_scale.requires_grad_(config.learn_logit_scale)
         params = [p for p in model.parameters() if p.requires_grad]
-        return Phase(name, model.visual, params, config.ft_lr, config.ft_weight_decay, _no_decay(model))
+        return Phase(name, model.visual, params, config.ft_lr, config.ft_weight_decay, no_decay(model))
     model.eval()
     generator = torch.Generator().manual_seed(config.seed)
     prompts = MaskPromptedViT(model.visual, prompt_depth(model.visual, config.prompt_depth), config.prompt_init_std,
@@ -106,7 +111,7 @@ def build_phase(name: str, clip: ClipModel, config: TrainConfig) -> Phase:
     return Phase(name, prompts, [prompts.prompts], config.mpt_lr, config.mpt_weight_decay)
 
 
-def _no_decay(model) -> set:
+def no_decay(model) -> set:
     """As open_clip's trainer: gains, biases, norms and the logit scale take no weight decay."""
     return {id(p) for n, p in model.named_parameters()
             if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n}
@@ -247,8 +252,14 @@ class Trainer:
             self.clip.model.load_state_dict(load_state_dict(self.out / "model.pt", "--resume", self.device))
 
     def _run_phase(self, index: int, name: str) -> dict:
-        config = self.config
-        phase = build_phase(name, self.clip, config)
+        phase = build_phase(name, self.clip, self.config)
+        try:
+            return self._train_phase(index, phase)
+        finally:
+            phase.close()
+
+    def _train_phase(self, index: int, phase: Phase) -> dict:
+        config, name = self.config, phase.name
         optimizer = torch.optim.AdamW(phase.parameter_groups(), lr=phase.lr)
         steps_per_epoch = self.steps_in_phase()
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(sum(steps_per_epoch), config.warmup))

@@ -174,16 +174,14 @@ def format_competence(report: dict) -> str:
 
 
 def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-                     device: str, progress: bool = True, init: Path | None = None) -> dict:
+                     device: str, progress: bool = True, init: Path | None = None, warmup: float = 0.1) -> dict:
     """Contrastive training from scratch, or from the weights `init` (to continue on new scenes)."""
     import open_clip
-    from open_clip.loss import ClipLoss
-
     from dataengine.checkpoint import load_state_dict
     from dataengine.clip import ClipModel, register_package_models
     from dataengine.world import THINGS
 
-    from .train import warmup_cosine
+    from .train import clip_loss, no_decay, warmup_cosine
 
     register_package_models()
     torch.manual_seed(seed)
@@ -203,9 +201,11 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     mean_t, std_t = (torch.tensor(v, device=device)[:, None, None] for v in (mean, std))
     steps_per_epoch = math.ceil(len(pixels) / batch_size)
     total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, 0.1))
-    loss_fn = ClipLoss()
+    exempt = no_decay(model)
+    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if id(p) not in exempt], "weight_decay": 0.1},
+                                   {"params": [p for p in model.parameters() if id(p) in exempt], "weight_decay": 0.0}],
+                                  lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
     history, started = [], time.perf_counter()
     for epoch in range(epochs):
         model.train()
@@ -214,9 +214,9 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             images = (pixels[chosen].to(device).float() / 255.0 - mean_t) / std_t
-            texts = tokenizer([captions[i][generator.integers(len(captions[i]))] for i in chosen]).to(device)
-            image_features, text_features, scale = model(images, texts)
-            loss = loss_fn(image_features, text_features, scale)
+            chosen_captions = [captions[i][generator.integers(len(captions[i]))] for i in chosen]
+            image_features, text_features, scale = model(images, tokenizer(chosen_captions).to(device))
+            loss = clip_loss(image_features, text_features, caption_labels(chosen_captions, device), scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -236,6 +236,13 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     torch.save(state, out / f"{MODEL}.pt")
     return {"model": MODEL, "history": history, "images": len(pixels), "device": device,
             "monitor": f"close-ups of seed {MONITOR_SEED}, 5 per thing"}
+
+
+def caption_labels(captions: list[str], device) -> torch.Tensor:
+    """One label per distinct caption string: a close-up's terse caption ("a star") repeats within a
+    batch, and counting its copies as negatives would teach the towers instance details, not nouns."""
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(caption, len(index)) for caption in captions], device=device)
 
 
 def check(args) -> int:

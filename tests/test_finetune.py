@@ -62,6 +62,9 @@ def test_mpt_leaves_clip_bit_identical_while_prompts_change(shards, tmp_path):
     initial = torch.randn(saved["prompts"].shape, generator=generator) * 0.02
     assert not torch.equal(saved["prompts"], initial)
     assert not (tmp_path / "mpt" / "model.pt").exists()
+    visual = trainer.clip.model.visual  # the prompts' hooks are off the tower once the phase ends
+    assert not visual.conv1._forward_hooks
+    assert not any(block._forward_hooks for block in visual.transformer.resblocks)
 
 
 def test_full_finetune_trains_the_visual_tower_only(shards, tmp_path):

@@ -18,7 +18,6 @@ outside --out) is refused.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +25,8 @@ import re
 import socket
 import time
 from pathlib import Path
+
+import filelock
 
 from .config import ConfigError, MineConfig
 from .write import SHARD_INDEX, SHARD_REJECTS, SHARD_STATS, SHARD_TAR, TMP_DIR, temporary_name
@@ -120,61 +121,54 @@ def _relative_files(root: Path, folder: str) -> list[str]:
     return found
 
 
+def _write_lock_holder(descriptor: int) -> None:
+    """Who holds the lock, for the message another run prints."""
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+
+
+def _lock_holder(lock_path: Path) -> str:
+    try:
+        return lock_path.read_text(errors="replace").strip()[:200] or "another process"
+    except OSError:
+        return "another process"
+
+
 class OutputFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     @contextlib.contextmanager
     def locked(self):
-        """Hold an exclusive lock on the folder for the whole run; the OS drops it if the process dies.
-        The lock file is removed on every way out, and a folder this call created is removed again
-        when nothing was written into it."""
+        """Hold an exclusive lock on the folder for the whole run (`filelock.FileLock`: flock on POSIX,
+        which the OS drops if the process dies; see filelock's docs for network file systems). The
+        lock file is removed on every way out, and a folder this call created is removed again when
+        nothing was written into it."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"--out: {self.path} is a file, not a folder")
         created = not self.path.exists()
         lock_path = self.path / LOCK_FILE
+        lock = filelock.FileLock(lock_path, timeout=0, on_acquired=_write_lock_holder)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if lock_path.is_symlink():
                 raise ConfigError(f"--out: {lock_path} is a symbolic link; remove it")
-            handle = self._acquire(lock_path)
+            lock.acquire()
+        except filelock.Timeout:
+            raise ConfigError(f"--out: {self.path} is being written by another dataengine run "
+                              f"({_lock_holder(lock_path)}); wait for it to finish or choose another folder") from None
         except OSError as error:
             raise ConfigError(f"--out: cannot write to {self.path} ({error.strerror or type(error).__name__})") from None
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
-            handle.flush()
             yield self
         finally:
             with contextlib.suppress(OSError):
-                if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
-                    lock_path.unlink()  # still holding the lock: nobody else can have taken this file
-            handle.close()
+                lock_path.unlink()  # while still held: filelock retries a peer that locked the removed file
+            lock.release()
             if created:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()  # only when empty: a run that failed before writing anything
-
-    def _acquire(self, lock_path: Path):
-        """Open and lock the lock file; retried where another run removed the file in between
-        (a lock on a removed file would lock nothing)."""
-        for _ in range(10):
-            handle = open(lock_path, "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                handle.close()
-                raise ConfigError(f"--out: {self.path} is being written by another dataengine run ({holder}); "
-                                  "wait for it to finish or choose another folder") from None
-            try:
-                if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
-                    return handle
-            except FileNotFoundError:
-                pass
-            handle.close()
-        raise ConfigError(f"--out: could not lock {lock_path}: it keeps being replaced by other runs")
 
     def done_shards(self) -> set[int]:
         return {int(path.stem) for path in (self.path / "stats").glob("*.json") if path.stem.isdigit()}

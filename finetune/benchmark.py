@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from tqdm import tqdm
 
 from dataengine.config import ConfigError, MineConfig, ProposalConfig, from_dict
@@ -67,12 +68,8 @@ def ensemble(p_clip: torch.Tensor, p_gen: torch.Tensor, weight: float) -> torch.
 
 def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
     """(R, H, W) bool -> (R, 4) int64 (x, y, w, h) boxes; every mask must be non-empty."""
-    rows, cols = masks.any(2), masks.any(1)
-    y0 = rows.float().argmax(1)
-    x0 = cols.float().argmax(1)
-    y1 = masks.shape[1] - rows.flip(1).float().argmax(1)
-    x1 = masks.shape[2] - cols.flip(1).float().argmax(1)
-    return torch.stack([x0, y0, x1 - x0, y1 - y0], 1).long()
+    corners = torchvision.ops.masks_to_boxes(masks).long()  # inclusive (x0, y0, x1, y1)
+    return torch.cat([corners[:, :2], corners[:, 2:] - corners[:, :2] + 1], 1)
 
 
 def region_crops(image: np.ndarray, masks: torch.Tensor, size: int, fill, device: str,

@@ -43,13 +43,13 @@ class Flag:
 
 
 MINE_FLAGS = (
-    Flag("--source", "source.type", "input format (default: coco)", choices=("coco", "folder", "webdataset", "hf")),
+    Flag("--source", "source.type", "input format", choices=("coco", "folder", "webdataset", "hf")),
     Flag("--images", "source.images", "images folder (coco, folder)", metavar="DIR"),
     Flag("--captions", "source.captions", "coco: captions_*.json; folder: JSONL, CSV or parquet of (image, caption[s])", metavar="FILE"),
     Flag("--instances", "source.instances", "coco: instances_*.json (needed by --proposals annotations)", metavar="FILE"),
     Flag("--urls", "source.urls", "webdataset: tar path, glob or brace pattern (img2dataset output)", metavar="PATTERN"),
     Flag("--dataset", "source.dataset", "hf: a save_to_disk folder, or parquet file(s)", metavar="PATH"),
-    Flag("--split", "source.split", "hf: split of a DatasetDict (default: train)", metavar="NAME"),
+    Flag("--split", "source.split", "hf: split of a DatasetDict", metavar="NAME"),
     Flag("--image-column", "source.image_column", "folder/hf: image column (default: auto-detected)", metavar="NAME"),
     Flag("--caption-column", "source.caption_column", "folder/hf: caption column (default: auto-detected)", metavar="NAME"),
     Flag("--id-column", "source.id_column", "folder/hf: column with a stable sample id (default: path or row)", metavar="NAME"),
@@ -58,10 +58,10 @@ MINE_FLAGS = (
     Flag("--annotation-frame", "source.annotation_frame", "coco --instances: masks drawn on the stored pixels (default: "
          "stored, COCO's own) or on the EXIF-rotated view (exif); the JSON's width/height decide where they can",
          choices=("stored", "exif")),
-    Flag("--proposals", "proposals.generator", "mask proposals: annotations | classical | hf:MODEL_ID_OR_PATH (default: classical)", metavar="GEN"),
+    Flag("--proposals", "proposals.generator", "mask proposals: annotations | classical | hf:MODEL_ID_OR_PATH", metavar="GEN"),
     Flag("--mask-threshold", "proposals.mask_threshold",
-         "probability at which learned soft masks are binarized (hf generators), 0..1 (default: 0.4)", float, "T"),
-    Flag("--max-proposals", "proposals.max_proposals", "proposals kept per image after NMS (default: 100)", int, "N"),
+         "probability at which learned soft masks are binarized (hf generators), 0..1", float, "T"),
+    Flag("--max-proposals", "proposals.max_proposals", "proposals kept per image after NMS", int, "N"),
     Flag("--clip", "match.clip", "open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT] (default: ViT-B-16@openai; a bare NAME such as "
          "dataengine-tiny is a seeded random init, for tests and demos)", metavar="SPEC"),
     Flag("--min-score", "match.min_score", "minimum cosine similarity of a pair, -1..1 (default: none)", float, "S"),
@@ -73,22 +73,22 @@ MINE_FLAGS = (
     Flag("--max-captions", "nouns.max_captions_per_image", "use only the first N captions of each image", int, "N"),
     Flag("--out", "out", "output folder (required)", metavar="DIR"),
     Flag("--limit", "limit", "mine only the first N input images", int, "N"),
-    Flag("--device", "device", "auto | cpu | cuda | cuda:N (default: auto)", metavar="DEVICE"),
-    Flag("--images-per-batch", "images_per_batch", "images that go through the stages together (default: 8)", int, "N"),
-    Flag("--executor", "executor", "ray (default: embedded local Ray, or a cluster with --ray-address) | local (one process)",
+    Flag("--device", "device", "auto | cpu | cuda | cuda:N", metavar="DEVICE"),
+    Flag("--images-per-batch", "images_per_batch", "images that go through the stages together", int, "N"),
+    Flag("--executor", "executor", "ray (an embedded local Ray, or a cluster with --ray-address) | local (one process)",
          choices=("ray", "local")),
     Flag("--ray-address", "ray.address", "join a running Ray cluster: auto | HOST:PORT | ray://HOST:PORT "
          "(default: start an embedded local Ray)", metavar="ADDRESS"),
     Flag("--workers", "ray.num_cpus", "embedded Ray: CPU slots, i.e. parallel CPU-stage tasks (default: all cores)", int, "N"),
-    Flag("--model-actors", "ray.model_actors", "Ray: actors per model stage, each with its own model copy (default: 1)", int, "N"),
+    Flag("--model-actors", "ray.model_actors", "Ray: actors per model stage, each with its own model copy", int, "N"),
     Flag("--actor-gpus", "ray.actor_gpus", "Ray: GPUs per model actor (default: 1 where the cluster has GPUs, else 0)", float, "G"),
     Flag("--ray-temp-dir", "ray.temp_dir", "embedded Ray: session folder, at most 41 bytes long: Ray's socket paths under it "
          "must fit in 107 (default: a new short folder in the system temp dir)", metavar="DIR"),
     Flag("--ray-connect-timeout", "ray.connect_timeout_s", "with --ray-address: seconds to reach the cluster before "
-         "failing with a message (default: 30)", float, "S"),
+         "failing with a message", float, "S"),
     Flag("--mask-pixels-per-chunk", "mask_pixels_per_chunk", "memory bound per image: at most N mask pixels (masks x "
-         "image pixels) decoded at once by proposals and matching; same output (default: 67108864)", int, "N"),
-    Flag("--samples-per-shard", "write.samples_per_shard", "input images per output shard (default: 256)", int, "N"),
+         "image pixels) decoded at once by proposals and matching; same output", int, "N"),
+    Flag("--samples-per-shard", "write.samples_per_shard", "input images per output shard", int, "N"),
 )
 
 
@@ -99,10 +99,26 @@ def set_dotted(data: dict, key: str, value) -> None:
     data[leaf] = value
 
 
+def help_with_default(text: str, default) -> str:
+    """`text` with the setting's real default appended, unless the text describes the default itself
+    (an automatic one, say) or there is none to show."""
+    if "(default" in text or default in (None, "") or isinstance(default, bool) or text.endswith("(required)"):
+        return text
+    return f"{text} (default: {default})"
+
+
+def dotted_default(key: str, defaults: dict):
+    for part in key.split("."):
+        defaults = defaults.get(part) if isinstance(defaults, dict) else None
+    return defaults
+
+
 def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", help="pipeline YAML (a path, or a packaged name such as coco_captions); flags override it")
+    defaults = MineConfig().to_dict()
     for flag in MINE_FLAGS:
-        kwargs = {"dest": flag.key, "help": flag.help, "default": argparse.SUPPRESS}
+        help_text = help_with_default(flag.help, dotted_default(flag.key, defaults))
+        kwargs = {"dest": flag.key, "help": help_text, "default": argparse.SUPPRESS}
         if flag.action:
             kwargs["action"] = flag.action
         else:

@@ -7,6 +7,7 @@ import argparse
 import sys
 from dataclasses import fields
 
+from dataengine.cli import help_with_default
 from dataengine.config import ConfigError
 
 from .config import LOSSES, MODES, PRECISIONS, PROTOCOLS, TrainConfig
@@ -15,32 +16,32 @@ TRAIN_HELP = {
     "shards": ("PATTERN", "pair shards: brace pattern, glob, or folder of tars, e.g. out/coco/shards "
                           "(jpg + txt, optional mask.png: the engine's output or any such set) (required)"),
     "out": ("DIR", "output folder: checkpoints, prompts.pt, model.pt, log.jsonl, train.json (required)"),
-    "clip": ("SPEC", "open_clip NAME[@PRETRAINED_OR_PATH] to start from (default: ViT-B-16@openai)"),
+    "clip": ("SPEC", "open_clip NAME[@PRETRAINED_OR_PATH] to start from"),
     "mode": ("MODE", f"{' | '.join(MODES)}: mask prompt tuning, full finetune of the visual tower, or both in turn "
                      "(default: mpt)"),
-    "epochs": ("N", "epochs per phase (default: 5)"),
-    "batch_size": ("N", "pairs per step (default: 256)"),
-    "accumulate": ("N", "micro-batches per optimizer step (default: 1)"),
-    "mpt_lr": ("LR", "MPT learning rate (default: 2e-2)"),
-    "mpt_weight_decay": ("WD", "MPT weight decay (default: 0)"),
-    "ft_lr": ("LR", "full finetune learning rate (default: 5e-6)"),
-    "ft_weight_decay": ("WD", "full finetune weight decay (default: 0.2)"),
-    "warmup": ("SHARE", "share of each phase's steps for linear warmup before the cosine decay (default: 0.05)"),
-    "grad_clip": ("NORM", "gradient norm clipping, 0 = off (default: 1.0)"),
+    "epochs": ("N", "epochs per phase"),
+    "batch_size": ("N", "pairs per step"),
+    "accumulate": ("N", "micro-batches per optimizer step"),
+    "mpt_lr": ("LR", "MPT learning rate"),
+    "mpt_weight_decay": ("WD", "MPT weight decay"),
+    "ft_lr": ("LR", "full finetune learning rate"),
+    "ft_weight_decay": ("WD", "full finetune weight decay"),
+    "warmup": ("SHARE", "share of each phase's steps for linear warmup before the cosine decay"),
+    "grad_clip": ("NORM", "gradient norm clipping, 0 = off"),
     "prompt_depth": ("N", "MPT: blocks whose input gets mask prompts (default: 3, the method's; fewer on a shallower tower)"),
-    "prompt_init_std": ("STD", "MPT: prompt initialisation std (default: 0.02)"),
+    "prompt_init_std": ("STD", "MPT: prompt initialisation std"),
     "loss": ("LOSS", f"{' | '.join(LOSSES)}: in-batch InfoNCE, plus or instead of a classification over every "
-                     "noun of the corpus (default: clip)"),
-    "vocab_loss_weight": ("W", "weight of the vocabulary loss in clip+vocab (default: 1.0)"),
+                     "noun of the corpus"),
+    "vocab_loss_weight": ("W", "weight of the vocabulary loss in clip+vocab"),
     "mask_repeated_nouns": (None, "count repeats of a noun in a batch as negatives (default: they are masked out)"),
     "learn_logit_scale": (None, "freeze the logit scale in full finetune (default: learned, capped at 100)"),
-    "shuffle_buffer": ("N", "samples in each loader worker's shuffle buffer (default: 2000)"),
-    "workers": ("N", "data loader processes (default: 2)"),
-    "seed": ("N", "seed of data order and prompt initialisation (default: 0)"),
-    "device": ("DEVICE", "auto | cpu | cuda | cuda:N (default: auto)"),
-    "precision": ("P", f"{' | '.join(PRECISIONS)}: auto is bf16 autocast on GPU, fp32 on CPU (default: auto)"),
+    "shuffle_buffer": ("N", "samples in each loader worker's shuffle buffer"),
+    "workers": ("N", "data loader processes"),
+    "seed": ("N", "seed of data order and prompt initialisation"),
+    "device": ("DEVICE", "auto | cpu | cuda | cuda:N"),
+    "precision": ("P", f"{' | '.join(PRECISIONS)}: auto is bf16 autocast on GPU, fp32 on CPU"),
     "checkpoint_every": ("N", "optimizer steps between checkpoints (default: 500; also at each phase end)"),
-    "log_every": ("N", "optimizer steps between log.jsonl lines (default: 10)"),
+    "log_every": ("N", "optimizer steps between log.jsonl lines"),
     "max_steps": ("N", "stop after N optimizer steps in all, with a checkpoint; --resume continues (default: none)"),
     "progress": (None, "no progress bar"),
 }
@@ -140,6 +141,7 @@ def add_finetune_parser(commands) -> None:
     defaults = TrainConfig()
     for item in fields(TrainConfig):
         metavar, help_text = TRAIN_HELP[item.name]
+        help_text = help_with_default(help_text, getattr(defaults, item.name))
         if item.name in NEGATED:
             parser.add_argument(NEGATED[item.name], dest=item.name, action="store_false", help=help_text)
             continue

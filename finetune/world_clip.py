@@ -260,28 +260,32 @@ def check(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's real default."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from dataengine.config import ConfigError
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--check", action="store_true",
                         help="print the competence report of --weights instead of training")
-    parser.add_argument("--weights", default=str(WEIGHTS), help=f"weights to check (default: {WEIGHTS})")
+    parser.add_argument("--weights", default=str(WEIGHTS), help="weights to check")
     parser.add_argument("--check-seed", type=int, default=CHECK_SEED,
-                        help=f"seed of the check's scenes (default: {CHECK_SEED})")
-    parser.add_argument("--report", default="", help="also write the competence report as JSON to this file")
-    parser.add_argument("--scenes", type=int, default=32000, help="scenes to generate (default: 32000)")
-    parser.add_argument("--close-up-share", type=float, default=0.75, help="share of close-up scenes (default: 0.75)")
+                        help=f"seed of the check's scenes")
+    parser.add_argument("--report", metavar="FILE", help="also write the competence report as JSON to this file")
+    parser.add_argument("--scenes", type=int, default=32000, help="scenes to generate")
+    parser.add_argument("--close-up-share", type=float, default=0.75, help="share of close-up scenes")
     parser.add_argument("--terse-share", type=float, default=0.5,
-                        help="share of captions that only name the objects (default: 0.5)")
-    parser.add_argument("--epochs", type=int, default=15, help="epochs (default: 15)")
-    parser.add_argument("--batch-size", type=int, default=64, help="scenes per step (default: 64)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate: 10%% warmup, then cosine (default: 1e-3)")
-    parser.add_argument("--init", default="", help="start from these weights instead of from scratch "
-                        "(to continue on the scenes of another --seed); default: from scratch")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training (default: 0)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--out", default=str(WEIGHTS.parent), help=f"output folder (default: {WEIGHTS.parent})")
+                        help="share of captions that only name the objects")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs")
+    parser.add_argument("--batch-size", type=int, default=64, help="scenes per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate: 10%% warmup, then cosine")
+    parser.add_argument("--init", metavar="WEIGHTS", help="start from these weights, to continue on the scenes of "
+                        "another --seed (None: from scratch)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--out", default=str(WEIGHTS.parent), help="output folder")
     args = parser.parse_args(argv)
     try:
         return check(args) if args.check else train_command(args, argv)

@@ -32,6 +32,44 @@ def test_every_option_has_help(command):
             assert flag.name in text
 
 
+def _stated_default_matches(help_text: str, default) -> bool:
+    """A help text shows the real default: `(default: V...)` where V, read as the default's type, is it."""
+    stated = help_text.partition("(default: ")[2]
+    if not stated:
+        return False
+    token = stated.split(";")[0].split(",")[0].rstrip(")").strip()
+    try:
+        return type(default)(token) == default
+    except ValueError:  # a description of an automatic default, not a value
+        return True
+
+
+def test_every_scalar_default_is_shown_and_true():
+    from dataclasses import fields
+
+    from dataengine.cli import dotted_default, help_with_default
+    from dataengine.config import MineConfig
+    from finetune.cli import TRAIN_HELP
+    from finetune.config import TrainConfig
+
+    mine_defaults = MineConfig().to_dict()
+    checked = 0
+    for flag in MINE_FLAGS:
+        default = dotted_default(flag.key, mine_defaults)
+        if default is not None and not isinstance(default, bool):
+            assert _stated_default_matches(help_with_default(flag.help, default), default), flag.name
+            checked += 1
+    train_defaults = TrainConfig()
+    for item in fields(TrainConfig):
+        default = getattr(train_defaults, item.name)
+        if default not in (None, "") and not isinstance(default, bool):
+            assert _stated_default_matches(help_with_default(TRAIN_HELP[item.name][1], default), default), item.name
+            checked += 1
+    assert checked > 25
+    assert help_with_default("regions per forward", 8) == "regions per forward (default: 8)"
+    assert help_with_default("workers (default: all cores)", 2) == "workers (default: all cores)"
+
+
 def test_top_level_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from .checkpoint import load_state_dict
@@ -35,10 +36,15 @@ PACKAGE_MODEL_CONFIGS = Path(__file__).parent / "data" / "model_configs"
 
 
 def register_package_models() -> None:
+    """Makes the package's model configs (dataengine-tiny) and those other packages declare through the
+    `dataengine.model_configs` entry point (the controlled world's dataengine-world) open_clip names."""
     import open_clip
 
     if "dataengine-tiny" not in open_clip.list_models():
         open_clip.add_model_config(PACKAGE_MODEL_CONFIGS)
+    for entry in entry_points(group="dataengine.model_configs"):
+        if entry.name not in open_clip.list_models():
+            open_clip.add_model_config(entry.load())
 
 
 def resolve_device(device: str) -> str:

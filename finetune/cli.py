@@ -90,7 +90,7 @@ def add_export_parser(commands) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     if args.photos:
         return run_photo_demo(args)
-    from .world_loop import format_report, full_config, run_loop, small_config
+    from .world.loop import format_report, full_config, run_loop, small_config
 
     config = (full_config if args.full else small_config)(args.out, progress=not args.no_progress)
     report = run_loop(config)
@@ -101,8 +101,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_photo_demo(args: argparse.Namespace) -> int:
     from dataengine.cli import print_summary
-    from dataengine.demo import run_demo as demo
     from dataengine.inspect import inspect_corpus
+    from dataengine.photo_demo import run_demo as demo
 
     manifest = demo(args.out, progress=not args.no_progress)
     print_summary(manifest)

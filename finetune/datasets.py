@@ -186,12 +186,12 @@ class COCOObject(SegDataset):
 
 
 class WorldScenes(COCOObject):
-    """A split of dataengine's controlled world (`dataengine.world`): things and stuff, 29 classes."""
+    """A split of dataengine's controlled world (`finetune.world.scenes`): things and stuff, 29 classes."""
 
     name = "world"
 
     def _class_list(self) -> list[str]:
-        from dataengine.world import STUFF, THINGS
+        from .world.scenes import STUFF, THINGS
 
         return list(THINGS + STUFF)
 

@@ -9,7 +9,7 @@ import pytest
 from pairs import write_pair_shards
 
 from dataengine.cli import main
-from finetune.world_clip import WEIGHTS
+from finetune.world.clip import WEIGHTS
 
 
 @pytest.mark.parametrize("clip", ["dataengine-tiny", f"dataengine-world@{WEIGHTS}"])

@@ -225,8 +225,8 @@ def damaged_prompt_files(folder, visual) -> dict:
 
 def test_a_damaged_prompt_file_is_one_line(tmp_path, capsys):
     from dataengine.clip import load_clip
-    from dataengine.world import generate_world
     from finetune.mpt import MPTError, read_prompt_file, wrap_with_prompts
+    from finetune.world.scenes import generate_world
 
     visual = load_clip("dataengine-tiny", "cpu").model.visual
     files = damaged_prompt_files(tmp_path, visual)

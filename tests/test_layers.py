@@ -40,3 +40,39 @@ def test_finetune_commands_are_registered_through_the_entry_point():
     assert "finetune.cli:register" in {entry.value for entry in entry_points(group=COMMANDS_GROUP)}
     commands = build_parser()._subparsers._group_actions[0].choices
     assert {"mine", "inspect", "demo", "export-clip", "finetune", "bench"} <= set(commands)
+
+
+def test_the_world_model_config_is_registered_through_its_entry_point():
+    import open_clip
+
+    import dataengine  # noqa: F401  (registers the package's model configs)
+
+    assert {"dataengine-world"} <= {entry.name for entry in entry_points(group="dataengine.model_configs")}
+    assert "dataengine-world" in open_clip.list_models()
+
+
+def layout_folders() -> list[str]:
+    """The folders the README's layout block names, as paths (indentation gives the parent)."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Layout"):].split("```")[1]
+    folders, parents = [], []
+    for line in block.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        if not name.endswith("/"):
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        parents = parents[:depth] + [name.rstrip("/")]
+        folders.append("/".join(parents))
+    return folders
+
+
+def test_the_readme_layout_matches_the_tree():
+    listed = set(layout_folders())
+    assert all((ROOT / folder).is_dir() for folder in listed), sorted(f for f in listed if not (ROOT / f).is_dir())
+    packages = {str(path.parent.relative_to(ROOT)) for folder in ("dataengine", "finetune")
+                for path in (ROOT / folder).rglob("__init__.py")}
+    data_folders = {str(path.relative_to(ROOT)) for folder in ("dataengine", "finetune")
+                    for path in (ROOT / folder).rglob("data") if path.is_dir()}
+    missing = sorted(folder for folder in packages | data_folders
+                     if not any(shown == folder or shown.startswith(folder + "/") for shown in listed))
+    assert not missing, f"folders missing from the README's layout: {missing}"

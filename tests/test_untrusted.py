@@ -79,7 +79,7 @@ def test_mine_refuses_a_file_that_is_no_checkpoint_before_touching_out(tmp_path,
 
 
 def test_mine_refuses_weights_of_another_model_before_touching_out(tmp_path, capsys, marker):
-    from finetune.world_clip import WEIGHTS
+    from finetune.world.clip import WEIGHTS
 
     line = refused(main(mine_job(tmp_path, f"dataengine-tiny@{WEIGHTS}", "ray")), capsys, marker)
     assert "--clip: cannot load" in line
@@ -142,7 +142,7 @@ def test_bench_refuses_a_run_folder_with_a_malicious_model(tmp_path, capsys, mar
 
 def test_the_world_clip_loaders_refuse_a_malicious_checkpoint(tmp_path, capsys, marker):
     from dataengine.clip import load_clip
-    from finetune.world_clip import main as world_main
+    from finetune.world.clip import main as world_main
 
     evil = plant(tmp_path / "dataengine-world.pt", marker)
     with pytest.raises(ConfigError, match="could run code"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from dataengine.world import STUFF, THINGS, UNSEEN, generate_world, icon_mask
+from finetune.world.scenes import STUFF, THINGS, UNSEEN, generate_world, icon_mask
 
 
 def _digest(folder) -> str:
@@ -97,7 +97,7 @@ def test_the_engine_mines_the_world_unchanged(world, tmp_path, noun_extractor):
 
 def test_the_whole_loop_on_a_tiny_world(tmp_path):
     """World -> mining with a CLIP -> MPT and finetune on ground-truth pairs -> held-out benchmark."""
-    from finetune.world_loop import LoopConfig, format_report, run_loop
+    from finetune.world.loop import LoopConfig, format_report, run_loop
 
     config = LoopConfig(out=str(tmp_path / "loop"), train_scenes=16, heldout_scenes=8, clip="dataengine-world",
                         proposals=("annotations", "classical"), modes=("mpt", "ft-gt"), epochs=1, batch_size=16,
@@ -116,11 +116,11 @@ def test_the_whole_loop_on_a_tiny_world(tmp_path):
 
 def test_small_clip_trainer_writes_loadable_weights_and_its_log(tmp_path):
     from dataengine.clip import load_clip
-    from finetune.world_clip import WEIGHTS, main
+    from finetune.world.clip import WEIGHTS, main
 
     assert main(["--scenes", "12", "--epochs", "1", "--batch-size", "6", "--device", "cpu", "--out", str(tmp_path)]) == 0
     log = json.loads((tmp_path / "train_log.json").read_text())
-    assert log["command"].startswith("python -m finetune.world_clip") and len(log["history"]) == 1
+    assert log["command"].startswith("python -m finetune.world.clip") and len(log["history"]) == 1
     assert 0 <= log["history"][0]["close_up_accuracy_monitor"] <= 100
     assert log["settings"]["terse_share"] == 0.5 and log["settings"]["close_up_share"] == 0.75
     assert load_clip(f"dataengine-world@{tmp_path / 'dataengine-world.pt'}").image_size == 128
@@ -128,7 +128,7 @@ def test_small_clip_trainer_writes_loadable_weights_and_its_log(tmp_path):
 
 
 def test_close_ups_show_one_object_of_the_asked_noun():
-    from dataengine.world import make_close_up
+    from finetune.world.scenes import make_close_up
 
     rng = np.random.default_rng(0)
     for noun in THINGS:
@@ -140,7 +140,7 @@ def test_close_ups_show_one_object_of_the_asked_noun():
 
 
 def test_terse_captions_name_every_object_of_the_scene_and_nothing_else():
-    from dataengine.world import COLOURS, make_scene, write_terse_caption
+    from finetune.world.scenes import COLOURS, make_scene, write_terse_caption
 
     rng = np.random.default_rng(0)
     for _ in range(60):
@@ -195,7 +195,7 @@ def _oracle_corpus(split, out, wrong_nouns: bool = False):
 
 
 def test_ground_truth_masks_with_an_oracle_classifier_give_full_pair_precision(world, tmp_path):
-    from finetune.world_loop import pair_precision
+    from finetune.world.loop import pair_precision
 
     pairs = _oracle_corpus(world / "train", tmp_path / "oracle")
     row = pair_precision(tmp_path / "oracle", world / "train")[0]
@@ -206,7 +206,7 @@ def test_ground_truth_masks_with_an_oracle_classifier_give_full_pair_precision(w
 
 
 def test_pair_precision_counts_a_wrong_noun_on_the_right_mask_as_wrong(world, tmp_path):
-    from finetune.world_loop import pair_precision
+    from finetune.world.loop import pair_precision
 
     _oracle_corpus(world / "train", tmp_path / "wrong", wrong_nouns=True)
     row = pair_precision(tmp_path / "wrong", world / "train")[0]
@@ -217,7 +217,7 @@ def test_the_demo_refuses_files_it_did_not_write_and_replaces_its_own(tmp_path, 
     """`dataengine demo` deletes only what an earlier demo wrote into OUT: a user file in OUT/world or
     in a run folder stops it with one line (exit 2) and survives; a rerun over its own output works."""
     from dataengine.cli import main
-    from finetune.world_loop import LoopConfig, run_loop
+    from finetune.world.loop import LoopConfig, run_loop
 
     out = tmp_path / "demo"
     (out / "world").mkdir(parents=True)

@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from dataengine.world import STUFF, THINGS
-from finetune.world_clip import (
+from finetune.world.clip import (
     CHECK_SEED,
     COMPETENCE,
     close_up_images,
@@ -18,6 +17,7 @@ from finetune.world_clip import (
     world_spec,
     zero_shot,
 )
+from finetune.world.scenes import STUFF, THINGS
 
 FLOOR = 55.0  # the committed weights hold 63.75 on this seed: a regression guard with a margin
 
@@ -40,7 +40,7 @@ def test_it_names_the_things_in_close_ups_it_never_saw_far_above_chance(close_up
 
 
 @pytest.mark.xfail(strict=True, reason="issue 9's target is not met yet: the committed weights reach the "
-                   "accuracy in finetune/data/world_clip/competence.json, short of 90% overall and 70% per thing")
+                   "accuracy in finetune/world/data/competence.json, short of 90% overall and 70% per thing")
 def test_it_meets_the_close_up_target_for_every_thing(close_ups):
     assert close_ups["accuracy"] >= 90, close_ups
     assert close_ups["min_class_accuracy"] >= 70, close_ups["per_class"]

@@ -24,8 +24,9 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from dataengine.config import ConfigError
-from dataengine.demo import check_own_folder
-from dataengine.world import STUFF, THINGS, UNSEEN, generate_world
+from dataengine.photo_demo import check_own_folder
+
+from .scenes import STUFF, THINGS, UNSEEN, generate_world
 
 log = logging.getLogger(__name__)
 SEEN = tuple(n for n in THINGS + STUFF if n not in UNSEEN)
@@ -100,8 +101,8 @@ def noun_extraction(split: Path) -> dict:
 
 def proposal_recall(split: Path, generator: str = "classical") -> dict:
     """Share of ground-truth instances that some proposal covers at IoU >= 0.5."""
-    from .benchmark import ProposalSource
-    from .datasets import WorldScenes
+    from ..benchmark import ProposalSource
+    from ..datasets import WorldScenes
 
     source = ProposalSource(generator, "cpu")
     instances = _instances_by_image(split)
@@ -222,7 +223,7 @@ def _check_gt_shards(folder: Path) -> None:
 
 
 def _check_run(folder: Path) -> None:
-    from .train import OUTPUT_FILES, OUTPUT_FOLDERS
+    from ..train import OUTPUT_FILES, OUTPUT_FOLDERS
 
     names = set(OUTPUT_FILES) | {f"{name}.tmp" for name in OUTPUT_FILES}
     check_own_folder(folder, lambda name, path: name in names, set(OUTPUT_FOLDERS), "a training run")
@@ -270,8 +271,8 @@ def _is_report(path: Path) -> bool:
 
 
 def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str) -> Path:
-    from .config import TrainConfig
-    from .train import train
+    from ..config import TrainConfig
+    from ..train import train
 
     _replace(out, _check_run)
     train(TrainConfig(shards=shards, out=str(out), clip=clip, mode=mode, epochs=config.epochs,
@@ -283,14 +284,14 @@ def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str) 
 def load_models(runs: dict[str, str]) -> list:
     from dataengine.clip import resolve_device
 
-    from .models import load_eval_model
+    from ..models import load_eval_model
 
     device = resolve_device("auto")
     return [load_eval_model(label, spec, None, device) for label, spec in runs.items()]
 
 
 def evaluate(heldout: Path, models: list, protocol: str, progress: bool) -> dict:
-    from .benchmark import BenchConfig, Benchmark
+    from ..benchmark import BenchConfig, Benchmark
 
     device = models[0].clip.device
     report = Benchmark(BenchConfig("world", str(heldout), protocol, "classical", device=device,
@@ -305,7 +306,7 @@ def evaluate(heldout: Path, models: list, protocol: str, progress: bool) -> dict
 
 
 def run_loop(config: LoopConfig) -> dict:
-    from .world_clip import world_spec
+    from .clip import world_spec
 
     out = Path(config.out)
     clip = config.clip or world_spec()

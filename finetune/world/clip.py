@@ -1,11 +1,11 @@
 """The controlled world's small CLIP: trained from scratch as CLIP was trained (whole scenes and
 their captions, image-level contrastive loss, never a mask or a region crop), and checked for
 competence before anything is measured with it. Its weights are committed with the package
-(`finetune/data/world_clip/`), with the command, seed, log and competence report:
+(`finetune/world/data/`), with the command, seed, log and competence report:
 
-    python -m finetune.world_clip --scenes 32000 --epochs 15 --seed 0 --out stage1        # run 1
-    python -m finetune.world_clip --init stage1/dataengine-world.pt --epochs 9 --seed 2   # run 2
-    python -m finetune.world_clip --check     # the competence report of the committed weights
+    python -m finetune.world.clip --scenes 32000 --epochs 15 --seed 0 --out stage1        # run 1
+    python -m finetune.world.clip --init stage1/dataengine-world.pt --epochs 9 --seed 2   # run 2
+    python -m finetune.world.clip --check     # the competence report of the committed weights
 
 The pretraining world differs from the mining world the way web alt-text differs from COCO
 captions: three quarters of its scenes are close-ups and half of its captions only name the objects
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .world_loop import pct
+from .loop import pct
 
 MODEL = "dataengine-world"
-WEIGHTS = Path(__file__).parent / "data" / "world_clip" / f"{MODEL}.pt"
+WEIGHTS = Path(__file__).parent / "data" / f"{MODEL}.pt"
 COMPETENCE = WEIGHTS.parent / "competence.json"
 CHECK_SEED = 123  # the committed weights were trained on seed 0 and monitored on MONITOR_SEED
 MONITOR_SEED = 7
@@ -64,7 +64,7 @@ def load_scenes(split: Path) -> tuple[torch.Tensor, list[list[str]]]:
 
 def close_up_images(seed: int, per_thing: int, size: int = 128) -> tuple[torch.Tensor, np.ndarray]:
     """`per_thing` close-ups of each thing (uint8 (N, 3, S, S)) and their thing indices."""
-    from dataengine.world import THINGS, make_close_up
+    from .scenes import THINGS, make_close_up
 
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(THINGS)), per_thing)
@@ -74,7 +74,7 @@ def close_up_images(seed: int, per_thing: int, size: int = 128) -> tuple[torch.T
 
 def stuff_images(seed: int, per_stuff: int, size: int = 128) -> tuple[torch.Tensor, np.ndarray]:
     """`per_stuff` whole-frame scenes of each stuff and their stuff indices."""
-    from dataengine.world import STUFF, stuff_texture
+    from .scenes import STUFF, stuff_texture
 
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(STUFF)), per_stuff)
@@ -109,11 +109,10 @@ def text_separation(clip, names: tuple[str, ...]) -> float:
 def masked_region_accuracy(clip, seed: int, scenes: int) -> dict:
     """Region accuracy with ground-truth masks on a held-out world (every region classified among
     all 29 nouns, as in the benchmark), things and stuff apart."""
-    from dataengine.world import STUFF, THINGS, generate_world
-
-    from .benchmark import BenchConfig, Benchmark
-    from .models import EvalModel
-    from .world_loop import group_regions
+    from ..benchmark import BenchConfig, Benchmark
+    from ..models import EvalModel
+    from .loop import group_regions
+    from .scenes import STUFF, THINGS, generate_world
 
     with tempfile.TemporaryDirectory(prefix="world-check-") as folder:
         generate_world(folder, scenes=scenes, seed=seed, heldout=1.0)
@@ -131,7 +130,8 @@ def competence(spec: str, seed: int = CHECK_SEED, per_thing: int = 20, per_stuff
                device: str = "cpu") -> dict:
     """The competence report of a world CLIP (see the module's docstring)."""
     from dataengine.clip import load_clip
-    from dataengine.world import STUFF, THINGS
+
+    from .scenes import STUFF, THINGS
 
     clip = load_clip(spec, device)
     report = {"clip": spec, "seed": seed,
@@ -177,11 +177,12 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
                      device: str, progress: bool = True, init: Path | None = None, warmup: float = 0.1) -> dict:
     """Contrastive training from scratch, or from the weights `init` (to continue on new scenes)."""
     import open_clip
+
     from dataengine.checkpoint import load_state_dict
     from dataengine.clip import ClipModel, register_package_models
-    from dataengine.world import THINGS
 
-    from .train import clip_loss, no_decay, warmup_cosine
+    from ..train import clip_loss, no_decay, warmup_cosine
+    from .scenes import THINGS
 
     register_package_models()
     torch.manual_seed(seed)
@@ -252,7 +253,7 @@ def check(args) -> int:
     weights = Path(args.weights)
     report = competence(f"{MODEL}@{weights}", args.check_seed, device=resolve_device(args.device))
     if weights.resolve() == WEIGHTS.resolve():  # no machine-specific path in the committed report
-        report["clip"] = f"{MODEL}@finetune/data/world_clip/{WEIGHTS.name}"
+        report["clip"] = f"{MODEL}@finetune/world/data/{WEIGHTS.name}"
     print(format_competence(report))
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the competence report of --weights instead of training")
     parser.add_argument("--weights", default=str(WEIGHTS), help="weights to check")
     parser.add_argument("--check-seed", type=int, default=CHECK_SEED,
-                        help=f"seed of the check's scenes")
+                        help="seed of the check's scenes")
     parser.add_argument("--report", metavar="FILE", help="also write the competence report as JSON to this file")
     parser.add_argument("--scenes", type=int, default=32000, help="scenes to generate")
     parser.add_argument("--close-up-share", type=float, default=0.75, help="share of close-up scenes")
@@ -297,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
 def train_command(args, argv: list[str] | None) -> int:
     from dataengine.checkpoint import load_state_dict
     from dataengine.clip import resolve_device
-    from dataengine.world import generate_world
+
+    from .scenes import generate_world
 
     device = resolve_device(args.device)
     if args.init:
@@ -307,7 +309,7 @@ def train_command(args, argv: list[str] | None) -> int:
                        terse_share=args.terse_share)
         result = train_world_clip(Path(folder), Path(args.out), args.epochs, args.batch_size, args.lr, args.seed,
                                   device, init=Path(args.init) if args.init else None)
-    result["command"] = "python -m finetune.world_clip " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "python -m finetune.world.clip " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.init:  # the log of the run it continues, so that one file tells the whole history
         previous = Path(args.init).with_name("train_log.json")
         result["continues"] = json.loads(previous.read_text()) if previous.exists() else args.init

@@ -3,8 +3,10 @@ their captions, image-level contrastive loss, never a mask or a region crop), an
 competence before anything is measured with it. Its weights are committed with the package
 (`finetune/world/data/`), with the command, seed, log and competence report:
 
-    python -m finetune.world.clip --scenes 32000 --epochs 15 --seed 0 --out stage1        # run 1
-    python -m finetune.world.clip --init stage1/dataengine-world.pt --epochs 9 --seed 2   # run 2
+    python -m finetune.world.clip --scenes 32000 --epochs 15 --seed 0 --out run1               # run 1
+    python -m finetune.world.clip --init run1/dataengine-world.pt --epochs 9 --seed 2 --out run2
+    python -m finetune.world.clip --init run2/dataengine-world.pt --scenes 48000 --epochs 16 \
+        --lr 3e-4 --batch-size 128 --seed 3                                                # run 3
     python -m finetune.world.clip --check     # the competence report of the committed weights
 
 The pretraining world differs from the mining world the way web alt-text differs from COCO

@@ -81,10 +81,7 @@ class Phase:
     exempt: set = field(default_factory=set)  # parameters without weight decay
 
     def parameter_groups(self) -> list[dict]:
-        decayed = [p for p in self.parameters if id(p) not in self.exempt]
-        exempt = [p for p in self.parameters if id(p) in self.exempt]
-        return [group for group in ({"params": decayed, "weight_decay": self.weight_decay},
-                                    {"params": exempt, "weight_decay": 0.0}) if group["params"]]
+        return parameter_groups(self.parameters, self.weight_decay, self.exempt)
 
     def encode(self, images, masks):
         return self.tower(images, masks) if isinstance(self.tower, MaskPromptedViT) else self.tower(images)
@@ -109,6 +106,15 @@ def build_phase(name: str, clip: ClipModel, config: TrainConfig) -> Phase:
     prompts = MaskPromptedViT(model.visual, prompt_depth(model.visual, config.prompt_depth), config.prompt_init_std,
                               generator).to(clip.device)
     return Phase(name, prompts, [prompts.prompts], config.mpt_lr, config.mpt_weight_decay)
+
+
+def parameter_groups(parameters, weight_decay: float, exempt: set) -> list[dict]:
+    """AdamW groups: `weight_decay` for every parameter but those whose id is in `exempt`."""
+    parameters = list(parameters)
+    decayed = [p for p in parameters if id(p) not in exempt]
+    kept = [p for p in parameters if id(p) in exempt]
+    return [group for group in ({"params": decayed, "weight_decay": weight_decay},
+                                {"params": kept, "weight_decay": 0.0}) if group["params"]]
 
 
 def no_decay(model) -> set:

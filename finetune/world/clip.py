@@ -183,7 +183,7 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     from dataengine.checkpoint import load_state_dict
     from dataengine.clip import ClipModel, register_package_models
 
-    from ..train import clip_loss, no_decay, warmup_cosine
+    from ..train import clip_loss, no_decay, parameter_groups, warmup_cosine
     from .scenes import THINGS
 
     register_package_models()
@@ -204,10 +204,7 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     mean_t, std_t = (torch.tensor(v, device=device)[:, None, None] for v in (mean, std))
     steps_per_epoch = math.ceil(len(pixels) / batch_size)
     total = epochs * steps_per_epoch
-    exempt = no_decay(model)
-    optimizer = torch.optim.AdamW([{"params": [p for p in model.parameters() if id(p) not in exempt], "weight_decay": 0.1},
-                                   {"params": [p for p in model.parameters() if id(p) in exempt], "weight_decay": 0.0}],
-                                  lr=lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model.parameters(), 0.1, no_decay(model)), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup))
     history, started = [], time.perf_counter()
     for epoch in range(epochs):

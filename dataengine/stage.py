@@ -74,8 +74,17 @@ def restore(sample: Sample, state: dict) -> None:
                          for name, value in state.items()})
 
 
+CPU_TASK = "cpu"  # runs beside the reader, in CPU tasks (word lists, decoding, classical proposals)
+MODEL_ACTOR = "model"  # holds a model: runs where the executor places models (actors, a GPU with --device)
+
+
 class Stage:
     name = "stage"
+    placement = CPU_TASK
+
+    @property
+    def loads_model(self) -> bool:
+        return self.placement == MODEL_ACTOR
 
     def setup(self) -> None:
         """Load models or word lists; called once per process before the first batch."""
@@ -135,6 +144,16 @@ def _attempt(function, argument) -> Exception | None:
         error.__context__ = error.__cause__ = None
         return error
     return None
+
+
+def split_by_placement(stages: list[Stage]) -> tuple[list[Stage], list[Stage]]:
+    """(CPU stages, model stages) of one stage list: an executor runs the first part where it reads
+    and the second where its models live. CPU stages come first, so that samples cross over once."""
+    cut = next((i for i, stage in enumerate(stages) if stage.placement == MODEL_ACTOR), len(stages))
+    cpu, model = stages[:cut], stages[cut:]
+    if any(stage.placement != MODEL_ACTOR for stage in model):
+        raise ValueError(f"a CPU stage after a model stage: {[stage.name for stage in stages]}")
+    return cpu, model
 
 
 def share_time(samples: list[Sample], name: str, seconds: float) -> None:

@@ -12,7 +12,7 @@ from .images import decode_sample
 from .masks import finalize
 from .reasons import NO_CAPTION, NO_NOUNS, NO_PAIRS, NO_PROPOSALS
 from .records import Sample
-from .stage import Stage, share_time
+from .stage import CPU_TASK, MODEL_ACTOR, Stage, share_time
 from .write import encode_pair
 
 
@@ -87,6 +87,10 @@ class ProposalStage(Stage):
         self.generator.mask_pixels = config.mask_pixels_per_chunk  # memory bound of its full-size masks
         self.device, self.threads = device, config.match.cpu_threads
 
+    @property
+    def placement(self) -> str:
+        return MODEL_ACTOR if self.generator.loads_model else CPU_TASK
+
     def setup(self) -> None:
         with torch_threads(self.device, self.threads):
             self.generator.setup()
@@ -106,6 +110,7 @@ class ProposalStage(Stage):
 
 class MatchStage(Stage):
     name = "match"
+    placement = MODEL_ACTOR
 
     def __init__(self, config: MineConfig, device: str):
         super().__init__()
@@ -144,4 +149,6 @@ class MatchStage(Stage):
 
 
 def build_stages(config: MineConfig, device: str) -> list[Stage]:
+    """The one stage list of a run, in order; executors split it with `stage.split_by_placement`.
+    Building is cheap (no model loads before `setup()`), so every process may build the list."""
     return [NounStage(config), DecodeStage(config), ProposalStage(config, device), MatchStage(config, device)]

@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 
 from dataengine.cli import help_with_default
-from dataengine.config import ConfigError
+from dataengine.config import ConfigError, from_dict
 
 from .config import LOSSES, MODES, PRECISIONS, PROTOCOLS, TrainConfig
 
@@ -159,7 +159,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     if not args.shards or not args.out:
         raise ConfigError("finetune: --shards and --out are required")
     values = {item.name: getattr(args, item.name) for item in fields(TrainConfig)}
-    summary = train(TrainConfig(**values), resume=args.resume)
+    summary = train(from_dict(TrainConfig, values), resume=args.resume)
     for phase in summary["phases"]:
         state = "stopped (resume with --resume)" if phase["stopped"] else "done"
         skipped = f", {phase['skipped_pairs']} unreadable pairs skipped" if phase.get("skipped_pairs") else ""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 
-from dataengine.config import ConfigError
+from dataengine.config import ConfigError, settings
+from dataengine.registry import Registry
 
-MODES = {"mpt": ("mpt",), "ft": ("ft",), "ft+mpt": ("ft", "mpt")}
-LOSSES = ("clip", "clip+vocab", "vocab")
+MODES = {"mpt": ("mpt",), "ft": ("ft",), "ft+mpt": ("ft", "mpt")}  # a mode is its phases, in order
 PRECISIONS = ("auto", "fp32", "bf16")
 PROTOCOLS = ("gt-masks", "two-stage")
 # Settings that may change between a run and its resumption without changing what it computes.
@@ -19,7 +19,14 @@ class TrainConfigError(ConfigError):
     pass
 
 
-@dataclass
+PHASES = Registry("training phase", "--mode", {"ft": "finetune.train:FullFinetune",
+                                               "mpt": "finetune.train:MaskPromptTuning"}, error=TrainConfigError)
+LOSSES = Registry("loss", "--loss", {"clip": "finetune.train:in_batch_loss",
+                                     "clip+vocab": "finetune.train:in_batch_and_vocabulary_loss",
+                                     "vocab": "finetune.train:weighted_vocabulary_loss"}, error=TrainConfigError)
+
+
+@settings
 class TrainConfig:
     shards: str = ""                # brace pattern, glob, folder of tars, or the engine's OUT/shards
     out: str = ""

@@ -30,6 +30,7 @@ from PIL import Image
 
 from dataengine.config import ConfigError
 from dataengine.images import decode_rgb
+from dataengine.registry import Registry
 
 IGNORE = -1
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit
@@ -212,14 +213,13 @@ def _first_existing(root: Path, candidates: tuple[str, ...]) -> Path:
     raise DatasetError(f"--root: none of {', '.join(candidates)} found under {root}")
 
 
-DATASETS: dict[str, type[SegDataset]] = {cls.name: cls for cls in
-                                         (ADE150, ADE847, PascalContext59, PascalContext459, PascalVOC, COCOObject,
-                                          WorldScenes)}
+DATASETS = Registry("dataset", "--dataset", {cls.name: f"{__name__}:{cls.__name__}" for cls in
+                    (ADE150, ADE847, PascalContext59, PascalContext459, PascalVOC, COCOObject, WorldScenes)},
+                    error=DatasetError)
 
 
 def open_dataset(name: str, root: str | Path) -> SegDataset:
-    if name not in DATASETS:
-        raise DatasetError(f"--dataset: unknown {name!r} (available: {', '.join(DATASETS)})")
+    dataset = DATASETS.get(name)
     if not Path(root).expanduser().is_dir():
         raise DatasetError(f"--root: {root} is not a folder")
-    return DATASETS[name](root)
+    return dataset(root)

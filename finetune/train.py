@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dataengine.checkpoint import load_state_dict, load_tensors
 from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
 
-from .config import TrainConfig, TrainConfigError
+from .config import LOSSES, PHASES, TrainConfig, TrainConfigError
 from .mpt import MaskPromptedViT, check_vit, masked_patches, prompt_depth, save_prompts
 from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in_epoch, loader
 
@@ -68,44 +68,159 @@ def vocabulary_loss(regions: torch.Tensor, vocabulary: torch.Tensor, labels: tor
     return F.cross_entropy(scale * regions @ vocabulary.t(), labels)
 
 
+# The losses `--loss` names (finetune.config.LOSSES): (regions, labels, vocabulary text, scale, config).
+
+
+def in_batch_loss(regions, labels, vocabulary, scale, config: TrainConfig) -> torch.Tensor:
+    return clip_loss(regions, vocabulary[labels], labels, scale, config.mask_repeated_nouns)
+
+
+def weighted_vocabulary_loss(regions, labels, vocabulary, scale, config: TrainConfig) -> torch.Tensor:
+    return config.vocab_loss_weight * vocabulary_loss(regions, vocabulary, labels, scale)
+
+
+def in_batch_and_vocabulary_loss(regions, labels, vocabulary, scale, config: TrainConfig) -> torch.Tensor:
+    return (in_batch_loss(regions, labels, vocabulary, scale, config)
+            + weighted_vocabulary_loss(regions, labels, vocabulary, scale, config))
+
+
 # ---------------------------------------------------------------- the model per phase
 
 
-@dataclass
 class Phase:
-    name: str          # "ft" or "mpt"
-    tower: torch.nn.Module
-    parameters: list
-    lr: float
-    weight_decay: float
-    exempt: set = field(default_factory=set)  # parameters without weight decay
+    """What one kind of training phase trains and keeps; the trainer's loop is the same for all.
+    Subclasses are registered in `finetune.config.PHASES` under the names `--mode` combines."""
+
+    name = "phase"
+
+    def __init__(self, clip: ClipModel, tower: torch.nn.Module, parameters: list, lr: float, weight_decay: float,
+                 exempt: set | None = None):
+        self.clip, self.tower, self.parameters = clip, tower, parameters
+        self.lr, self.weight_decay, self.exempt = lr, weight_decay, exempt or set()
+
+    @classmethod
+    def check(cls, clip: ClipModel, config: TrainConfig) -> None:
+        """Refuse a model this phase cannot train, before anything runs."""
+
+    @classmethod
+    def restore_finished(cls, clip: ClipModel, out: Path, device: str) -> None:
+        """On resume: bring back what this phase, finished in an earlier run, left in OUT."""
 
     def parameter_groups(self) -> list[dict]:
         return parameter_groups(self.parameters, self.weight_decay, self.exempt)
 
     def encode(self, images, masks):
-        return self.tower(images, masks) if isinstance(self.tower, MaskPromptedViT) else self.tower(images)
+        return self.tower(images)
+
+    def unmasked_pairs(self, masks) -> int:
+        """Pairs of the batch that give this phase nothing to learn from."""
+        return 0
+
+    def after_step(self) -> None:
+        pass
+
+    def trainable_state(self) -> dict:
+        raise NotImplementedError
+
+    def load_trainable(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def on_checkpoint(self, out: Path, clip_spec: str) -> None:
+        pass
+
+    def save_results(self, out: Path, clip_spec: str) -> None:
+        raise NotImplementedError
+
+    def summarise(self, summary: dict, meter: Meter) -> dict:
+        return summary
 
     def close(self) -> None:
-        """Takes MPT's hooks off the shared tower, so that what runs on it next sees the plain tower."""
-        if isinstance(self.tower, MaskPromptedViT):
-            self.tower.remove_hooks()
+        pass
 
 
-def build_phase(name: str, clip: ClipModel, config: TrainConfig) -> Phase:
-    model = clip.model
-    model.requires_grad_(False)
-    if name == "ft":
+class FullFinetune(Phase):
+    """`ft`: every weight of the visual tower (and the logit scale, with --learn-logit-scale)."""
+
+    name = "ft"
+
+    @classmethod
+    def build(cls, clip: ClipModel, config: TrainConfig) -> FullFinetune:
+        model = clip.model
+        model.requires_grad_(False)
         model.visual.requires_grad_(True)
         model.visual.train()
         model.logit_scale.requires_grad_(config.learn_logit_scale)
         params = [p for p in model.parameters() if p.requires_grad]
-        return Phase(name, model.visual, params, config.ft_lr, config.ft_weight_decay, no_decay(model))
-    model.eval()
-    generator = torch.Generator().manual_seed(config.seed)
-    prompts = MaskPromptedViT(model.visual, prompt_depth(model.visual, config.prompt_depth), config.prompt_init_std,
-                              generator).to(clip.device)
-    return Phase(name, prompts, [prompts.prompts], config.mpt_lr, config.mpt_weight_decay)
+        return cls(clip, model.visual, params, config.ft_lr, config.ft_weight_decay, no_decay(model))
+
+    @classmethod
+    def restore_finished(cls, clip: ClipModel, out: Path, device: str) -> None:
+        clip.model.load_state_dict(load_state_dict(out / "model.pt", "--resume", device))
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.clip.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def trainable_state(self) -> dict:
+        return {name: tensor.detach().cpu() for name, tensor in self.clip.model.state_dict().items()
+                if name.startswith("visual.") or name == "logit_scale"}
+
+    def load_trainable(self, state: dict) -> None:
+        self.clip.model.load_state_dict(state, strict=False)
+
+    def save_results(self, out: Path, clip_spec: str) -> None:
+        _atomic_save(self.clip.model.state_dict(), out / "model.pt")
+
+
+class MaskPromptTuning(Phase):
+    """`mpt`: learned prompts for masked-out patches on the frozen tower (OUT/prompts.pt)."""
+
+    name = "mpt"
+
+    @classmethod
+    def check(cls, clip: ClipModel, config: TrainConfig) -> None:
+        check_vit(clip.model.visual, config.prompt_depth)
+
+    @classmethod
+    def build(cls, clip: ClipModel, config: TrainConfig) -> MaskPromptTuning:
+        model = clip.model
+        model.requires_grad_(False)
+        model.eval()
+        generator = torch.Generator().manual_seed(config.seed)
+        prompts = MaskPromptedViT(model.visual, prompt_depth(model.visual, config.prompt_depth),
+                                  config.prompt_init_std, generator).to(clip.device)
+        return cls(clip, prompts, [prompts.prompts], config.mpt_lr, config.mpt_weight_decay)
+
+    def encode(self, images, masks):
+        return self.tower(images, masks)
+
+    def unmasked_pairs(self, masks) -> int:
+        return int((~masked_patches(masks, self.tower.grid).any(1)).sum())
+
+    def trainable_state(self) -> dict:
+        return {"prompts": self.tower.prompts.detach().cpu()}
+
+    def load_trainable(self, state: dict) -> None:
+        with torch.no_grad():
+            self.tower.prompts.copy_(state["prompts"])
+
+    def on_checkpoint(self, out: Path, clip_spec: str) -> None:
+        self.save_results(out, clip_spec)
+
+    def save_results(self, out: Path, clip_spec: str) -> None:
+        save_prompts(out / "prompts.pt.tmp", self.tower, clip_spec)
+        os.replace(out / "prompts.pt.tmp", out / "prompts.pt")
+
+    def summarise(self, summary: dict, meter: Meter) -> dict:
+        if meter.pairs and meter.whole_frame == meter.pairs:
+            log.warning("mask prompt tuning: none of the %d pairs has a patch outside its region (no mask.png and "
+                        "no CLIP-mean background: the region is the whole image), so the prompts learned nothing; "
+                        "train on pairs with masks, or use --mode ft", meter.pairs)
+        return {**summary, "pairs_without_masked_patch": meter.whole_frame}
+
+    def close(self) -> None:
+        """Takes MPT's hooks off the shared tower, so that what runs on it next sees the plain tower."""
+        self.tower.remove_hooks()
 
 
 def parameter_groups(parameters, weight_decay: float, exempt: set) -> list[dict]:
@@ -153,10 +268,11 @@ class Trainer:
         # so that train.json says the depth used and a run with the default resumes whatever was saved
         self.default_depth = prompt_depth(self.clip.model.visual, None)
         self.config = config = replace(config, prompt_depth=prompt_depth(self.clip.model.visual, config.prompt_depth))
-        if "mpt" in config.phases:
-            check_vit(self.clip.model.visual, config.prompt_depth)
+        for name in config.phases:
+            PHASES.get(name).check(self.clip, config)
         self.state = self._load_or_start(resume)
         self.text = self._text_embeddings()
+        self.loss = LOSSES.get(config.loss)
 
     # ---- run state
 
@@ -225,7 +341,7 @@ class Trainer:
         summary = self._summary()
         for index, name in enumerate(self.config.phases):
             if index < self.state["phase"]:
-                self._restore_finished_phase(name)
+                PHASES.get(name).restore_finished(self.clip, self.out, self.device)
                 continue
             result = self._run_phase(index, name)
             summary["phases"].append(result)
@@ -253,12 +369,8 @@ class Trainer:
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, self.out / "train.json")
 
-    def _restore_finished_phase(self, name: str) -> None:
-        if name == "ft":
-            self.clip.model.load_state_dict(load_state_dict(self.out / "model.pt", "--resume", self.device))
-
     def _run_phase(self, index: int, name: str) -> dict:
-        phase = build_phase(name, self.clip, self.config)
+        phase = PHASES.get(name).build(self.clip, self.config)
         try:
             return self._train_phase(index, phase)
         finally:
@@ -285,13 +397,13 @@ class Trainer:
                 if self._should_stop():
                     self._checkpoint(phase, optimizer, schedule)
                     bar.close()
-                    return self._phase_summary(name, loss, stopped=True)
+                    return self._phase_summary(phase, loss, stopped=True)
             self.state.update({"epoch": self.state["epoch"] + 1, "consumed": {}, "next_worker": 0})
         bar.close()
         self.state.update({"phase": index + 1, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0})
-        self._save_results(phase)
+        phase.save_results(self.out, self.config.clip)
         self._checkpoint(phase, optimizer, schedule, finished=True)
-        return self._phase_summary(name, self.meter.last_loss, stopped=False)
+        return self._phase_summary(phase, self.meter.last_loss, stopped=False)
 
     def _should_stop(self) -> bool:
         return self.config.max_steps is not None and self.state["global_step"] >= self.config.max_steps
@@ -311,8 +423,7 @@ class Trainer:
             if not batch["nouns"]:  # every pair of the batch was undecodable (each logged)
                 continue
             decoded += len(batch["nouns"])
-            if phase.name == "mpt":
-                self.meter.whole_frame += int((~masked_patches(batch["masks"], phase.tower.grid).any(1)).sum())
+            self.meter.whole_frame += phase.unmasked_pairs(batch["masks"])
             loss = self._loss(phase, batch) / config.accumulate
             if loss.requires_grad:  # MPT: a batch in which no patch is masked out gives the prompts nothing
                 loss.backward()
@@ -336,9 +447,7 @@ class Trainer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        if phase.name == "ft":
-            with torch.no_grad():
-                self.clip.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        phase.after_step()
         self.state["consumed"] = dict(consumed)
         self.state["step"] += 1
         self.state["global_step"] += 1
@@ -355,14 +464,7 @@ class Trainer:
         labels = batch["labels"].to(self.device)
         with self._autocast():
             regions = F.normalize(phase.encode(images, masks).float(), dim=-1)
-        scale = logit_scale(self.clip.model)
-        texts = self.text[labels]
-        loss = torch.zeros((), device=self.device)
-        if self.config.loss in ("clip", "clip+vocab"):
-            loss = loss + clip_loss(regions, texts, labels, scale, self.config.mask_repeated_nouns)
-        if self.config.loss in ("vocab", "clip+vocab"):
-            loss = loss + self.config.vocab_loss_weight * vocabulary_loss(regions, self.text, labels, scale)
-        return loss
+        return self.loss(regions, labels, self.text, logit_scale(self.clip.model), self.config)
 
     def _autocast(self):
         use_bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.startswith("cuda"))
@@ -372,19 +474,9 @@ class Trainer:
 
     # ---- persistence
 
-    def _trainable_state(self, phase: Phase) -> dict:
-        if phase.name == "mpt":
-            return {"prompts": phase.tower.prompts.detach().cpu()}
-        return {name: tensor.detach().cpu() for name, tensor in self.clip.model.state_dict().items()
-                if name.startswith("visual.") or name == "logit_scale"}
-
     def _restore(self, phase: Phase, optimizer, schedule) -> None:
         state = self.state
-        if phase.name == "mpt":
-            with torch.no_grad():
-                phase.tower.prompts.copy_(state["trainable"]["prompts"])
-        else:
-            self.clip.model.load_state_dict(state["trainable"], strict=False)
+        phase.load_trainable(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
 
@@ -392,25 +484,14 @@ class Trainer:
         """A finished phase keeps nothing to resume: its results are in model.pt / prompts.pt."""
         self.state.update({
             "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
-            "trainable": None if finished else self._trainable_state(phase),
+            "trainable": None if finished else phase.trainable_state(),
             "optimizer": None if finished else optimizer.state_dict(),
             "schedule": None if finished else schedule.state_dict(),
         })
         path = self.out / "checkpoints" / "last.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_save(self.state, path)
-        if phase.name == "mpt":
-            self._save_prompts(phase)
-
-    def _save_prompts(self, phase: Phase) -> None:
-        save_prompts(self.out / "prompts.pt.tmp", phase.tower, self.config.clip)
-        os.replace(self.out / "prompts.pt.tmp", self.out / "prompts.pt")
-
-    def _save_results(self, phase: Phase) -> None:
-        if phase.name == "ft":
-            _atomic_save(self.clip.model.state_dict(), self.out / "model.pt")
-        else:
-            self._save_prompts(phase)
+        phase.on_checkpoint(self.out, self.config.clip)
 
     def _log(self, phase: str, loss: float, lr: float) -> None:
         record = {"phase": phase, "epoch": self.state["epoch"], "step": self.state["global_step"],
@@ -419,18 +500,12 @@ class Trainer:
         with open(self.out / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def _phase_summary(self, name: str, loss: float, stopped: bool) -> dict:
+    def _phase_summary(self, phase: Phase, loss: float, stopped: bool) -> dict:
         meter = self.meter
-        if name == "mpt" and meter.pairs and meter.whole_frame == meter.pairs:
-            log.warning("mask prompt tuning: none of the %d pairs has a patch outside its region (no mask.png and "
-                        "no CLIP-mean background: the region is the whole image), so the prompts learned nothing; "
-                        "train on pairs with masks, or use --mode ft", meter.pairs)
-        summary = {"phase": name, "steps": self.state["global_step"], "pairs": meter.pairs,
+        summary = {"phase": phase.name, "steps": self.state["global_step"], "pairs": meter.pairs,
                    "skipped_pairs": meter.skipped, "seconds": round(meter.seconds, 3),
                    "pairs_per_s": round(meter.rate, 2), "last_loss": loss, "stopped": stopped}
-        if name == "mpt":
-            summary["pairs_without_masked_patch"] = meter.whole_frame
-        return summary
+        return phase.summarise(summary, meter)
 
 
 @dataclass

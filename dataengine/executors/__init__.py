@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..registry import Registry
+
 
 @dataclass(frozen=True)
 class ShardSpec:
@@ -26,12 +28,12 @@ def plan_shards(total: int, samples_per_shard: int) -> list[ShardSpec]:
             for start in range(0, total, samples_per_shard)]
 
 
+EXECUTORS = Registry("executor", "--executor", {
+    "ray": "dataengine.executors.ray:RayExecutor",
+    "local": "dataengine.executors.local:LocalExecutor",
+})
+
+
 def create_executor(config):
     """`setup()` then sets the executor's `device`: where the model stages run ("cpu" or "cuda...")."""
-    if config.executor == "ray":
-        from .ray import RayExecutor
-
-        return RayExecutor(config)
-    from .local import LocalExecutor
-
-    return LocalExecutor(config)
+    return EXECUTORS.get(config.executor)(config)

@@ -8,8 +8,11 @@ Samples travel between operators pickled in a binary column. Region crops are pr
 the matching actor, next to the model: shipping them from CPU tasks would move about 15 MB per
 image (100 crops of 224x224x3) through the object store instead of the ~1 MB decoded image.
 Shard ids come from `plan_shards`, never from scheduling, so output names and keys are the same
-for any number of workers and equal to the local executor's. Models load once per actor; CPU-stage
-tasks keep their stages per worker process.
+for any number of workers and equal to the local executor's. Both operators build the run's one
+stage list (`build_stages`) and keep their part of it (`split_by_placement`): CPU stages in the
+tasks, model stages in the actors, where models load once. The driver's Source, with its key
+index, goes to the object store once; each worker process reads it from there once per run and
+never re-reads the captions, instances or tar headers the driver already read.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import numpy as np
 
 from ..config import ConfigError
 from ..records import Sample
-from ..stages import DecodeStage, MatchStage, NounStage, ProposalStage
+from ..stage import split_by_placement
+from ..stages import build_stages
 from . import ShardSpec
 
 log = logging.getLogger(__name__)
@@ -57,13 +61,13 @@ def _unpack(batch: dict[str, np.ndarray]) -> list[Sample]:
     return [pickle.loads(blob) for blob in batch["sample"]]
 
 
-def process_shards(batch: dict[str, np.ndarray], config, device: str, learned_proposals: bool, run_id: str):
+def process_shards(batch: dict[str, np.ndarray], config, source_ref, run_id: str):
     """Shard rows -> their samples through the CPU stages, yielded `images_per_batch` at a time so
     that the model actors can start on a shard's first images while its task goes on."""
-    from ..sources import create_source
+    import ray
 
-    source = _cached("source", run_id, lambda: create_source(config.source))
-    stages = _cached("cpu", run_id, lambda: _set_up(cpu_stages(config, device, learned_proposals)))
+    source = _cached("source", run_id, lambda: ray.get(source_ref))
+    stages = _cached("cpu", run_id, lambda: _set_up(split_by_placement(build_stages(config, "cpu"))[0]))
     for shard, start, stop in zip(batch["shard"], batch["start"], batch["stop"], strict=True):
         samples = source.read(int(start), int(stop))
         for first in range(0, len(samples), config.images_per_batch):
@@ -73,22 +77,13 @@ def process_shards(batch: dict[str, np.ndarray], config, device: str, learned_pr
             yield _pack(_apply(stages, chunk))
 
 
-def cpu_stages(config, device: str, learned_proposals: bool) -> list:
-    stages = [NounStage(config), DecodeStage(config)]
-    if not learned_proposals:
-        stages.append(ProposalStage(config, device))
-    return stages
-
-
 class ModelStages:
     """An actor of the model pool: loads its models once, then runs them on batch after batch."""
 
-    def __init__(self, config, device: str, learned_proposals: bool, run_id: str):
+    def __init__(self, config, device: str):
         from ..clip import resolve_device
 
-        device = resolve_device(device)
-        stages = [ProposalStage(config, device)] if learned_proposals else []
-        self.stages = _set_up([*stages, MatchStage(config, device)])
+        self.stages = _set_up(split_by_placement(build_stages(config, resolve_device(device)))[1])
 
     def __call__(self, batch):
         return _pack(_apply(self.stages, _unpack(batch)))
@@ -117,7 +112,6 @@ class RayExecutor:
     def __init__(self, config):
         self.config = config
         self.device = config.device  # resolved by setup() against the cluster's resources
-        self.learned_proposals = config.proposals.generator.startswith("hf:")
         self.run_id = uuid.uuid4().hex
         self.started_ray = False
         self.temp_dir = None
@@ -177,7 +171,7 @@ class RayExecutor:
         log.info("Ray: %g CPU, %g GPU; %d model actor(s) with %g CPU and %g GPU each, on %s",
                  resources.get("CPU", 0), gpus, settings.model_actors, self.actor_cpus, self.actor_gpus, self.device)
 
-    def dataset(self, shards: list[ShardSpec]):
+    def dataset(self, source_ref, shards: list[ShardSpec]):
         import warnings
 
         from ray.util.annotations import RayDeprecationWarning
@@ -187,20 +181,19 @@ class RayExecutor:
             # Ray 2.60 deprecates passing retry limits as remote args but offers no named parameter
             # for them yet; Ray Data's own default for actors is unbounded restarts.
             warnings.simplefilter("ignore", RayDeprecationWarning)
-            return self._build(rows)
+            return self._build(source_ref, rows)
 
-    def _build(self, rows):
+    def _build(self, source_ref, rows):
         import ray
 
         settings = self.config.ray
-        common = {"config": self.config, "learned_proposals": self.learned_proposals, "run_id": self.run_id}
         return (
             ray.data.from_items(rows, override_num_blocks=len(rows))
             .map_batches(process_shards, batch_size=1,  # one task per shard: shards are the unit of parallelism
-                         fn_kwargs={**common, "device": "cpu"},
+                         fn_kwargs={"config": self.config, "source_ref": source_ref, "run_id": self.run_id},
                          num_cpus=settings.task_cpus, max_retries=settings.max_retries)
             .map_batches(ModelStages, batch_size=self.config.images_per_batch,
-                         fn_constructor_kwargs={**common, "device": self.device},
+                         fn_constructor_kwargs={"config": self.config, "device": self.device},
                          compute=ray.data.ActorPoolStrategy(size=settings.model_actors),
                          num_cpus=self.actor_cpus, num_gpus=self.actor_gpus,
                          max_restarts=settings.max_retries, max_task_retries=settings.max_retries)
@@ -213,11 +206,14 @@ class RayExecutor:
         bounded number of times, keeping the samples already received."""
         if not shards:
             return
+        import ray
+
+        source_ref = ray.put(source.with_key_index())
         spec_of = {spec.shard: spec for spec in shards}
         pending: dict[int, dict[int, Sample]] = {spec.shard: {} for spec in shards}
         for attempt in range(self.config.ray.max_retries + 1):
             try:
-                self._stream(spec_of, pending, writer, progress)
+                self._stream(source_ref, spec_of, pending, writer, progress)
                 break
             except _system_errors() as error:
                 if attempt == self.config.ray.max_retries:
@@ -229,8 +225,8 @@ class RayExecutor:
             raise RuntimeError(f"Ray returned incomplete shards (shard: samples missing): {missing}; the finished "
                                "shards are kept, rerun the same command to redo the others")
 
-    def _stream(self, spec_of: dict[int, ShardSpec], pending: dict, writer, progress) -> None:
-        for batch in self.dataset([spec_of[shard] for shard in pending]).iter_batches(batch_size=None,
+    def _stream(self, source_ref, spec_of: dict[int, ShardSpec], pending: dict, writer, progress) -> None:
+        for batch in self.dataset(source_ref, [spec_of[shard] for shard in pending]).iter_batches(batch_size=None,
                                                                                        batch_format="numpy"):
             samples = [sample for sample in _unpack(batch)
                        if sample.shard in pending and sample.index not in pending[sample.shard]]  # repeats: no-ops

@@ -1,6 +1,8 @@
 """Class-agnostic mask proposals behind one interface, with a registry of generators.
 
-`create_generator("classical" | "annotations" | "hf:MODEL_ID_OR_PATH", config, device)`.
+`create_generator("classical" | "annotations" | "hf:MODEL_ID_OR_PATH", config, device)`: the
+spec's name picks the generator from `GENERATORS`, and what follows its colon is the generator's
+argument (`create(argument, config, device)`; only hf takes one, the model).
 A generator returns candidate masks as `Proposals` (COCO RLE); the proposal stage then applies
 the shared post-processing (`masks.finalize`) unless the generator opts out (ground-truth masks).
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 from ..config import ConfigError, ProposalConfig
 from ..records import Proposals, Sample
+from ..registry import Registry
 
 
 class ProposalGenerator:
@@ -16,10 +19,17 @@ class ProposalGenerator:
     postprocess = True  # area limits, NMS and the cap apply to this generator's masks
     needs_annotations = False
     scores_classes = False  # proposals carry class probabilities over the generator's own labels
+    loads_model = False  # a learned model: its stage runs where the executor places models (an actor, a GPU)
 
     def __init__(self, config: ProposalConfig, device: str = "cpu"):
         self.config = config
         self.device = device
+
+    @classmethod
+    def create(cls, argument: str, config: ProposalConfig, device: str) -> ProposalGenerator:
+        if argument:
+            raise ConfigError(f"--proposals: {cls.name} takes no argument, got {cls.name}:{argument}")
+        return cls(config, device)
 
     @property
     def model_id(self) -> str:
@@ -35,20 +45,13 @@ class ProposalGenerator:
         return [self.generate(sample) for sample in samples]
 
 
+GENERATORS = Registry("generator", "--proposals", {
+    "annotations": "dataengine.proposals.annotations:AnnotationProposals",
+    "classical": "dataengine.proposals.classical:ClassicalProposals",
+    "hf": "dataengine.proposals.hf:HFProposals",
+}, hint="hf:MODEL_ID_OR_PATH names a transformers model")
+
+
 def create_generator(spec: str, config: ProposalConfig, device: str = "cpu") -> ProposalGenerator:
     name, _, argument = spec.partition(":")
-    if name == "annotations":
-        from .annotations import AnnotationProposals
-
-        return AnnotationProposals(config, device)
-    if name == "classical":
-        from .classical import ClassicalProposals
-
-        return ClassicalProposals(config, device)
-    if name == "hf":
-        if not argument:
-            raise ConfigError("--proposals: hf needs a model, e.g. hf:facebook/maskformer-swin-base-coco or hf:/path/to/model")
-        from .hf import create_hf_generator
-
-        return create_hf_generator(argument, config, device)
-    raise ConfigError(f"--proposals: unknown generator {spec!r} (available: annotations, classical, hf:MODEL_ID_OR_PATH)")
+    return GENERATORS.get(name).create(argument, config, device)

@@ -28,15 +28,6 @@ from . import ProposalGenerator
 MASKFORMER_TYPES = ("maskformer", "mask2former")
 
 
-def create_hf_generator(model: str, config: ProposalConfig, device: str) -> ProposalGenerator:
-    model_type = _model_type(model, config.hf.revision)
-    if model_type in MASKFORMER_TYPES:
-        return MaskFormerProposals(model, config, device)
-    if model_type == "sam":
-        return SamProposals(model, config, device)
-    raise ConfigError(f"--proposals: hf:{model} is a {model_type!r} model; supported: {', '.join(MASKFORMER_TYPES)}, sam")
-
-
 def _model_type(model: str, revision: str | None) -> str:
     try:
         from transformers import AutoConfig
@@ -65,7 +56,22 @@ def _joined(parts: list[Proposals], name: str, class_labels=None) -> Proposals:
 
 
 class HFProposals(ProposalGenerator):
+    name = "hf"
+    loads_model = True
     mask_pixels = DEFAULT_MASK_PIXELS  # the run's mask_pixels_per_chunk, set by the proposal stage
+
+    @classmethod
+    def create(cls, argument: str, config: ProposalConfig, device: str) -> ProposalGenerator:
+        """`hf:MODEL`: a MaskFormer, Mask2Former or SAM checkpoint, told apart by its config."""
+        if not argument:
+            raise ConfigError("--proposals: hf needs a model, e.g. hf:facebook/maskformer-swin-base-coco or hf:/path/to/model")
+        model_type = _model_type(argument, config.hf.revision)
+        if model_type in MASKFORMER_TYPES:
+            return MaskFormerProposals(argument, config, device)
+        if model_type == "sam":
+            return SamProposals(argument, config, device)
+        raise ConfigError(f"--proposals: hf:{argument} is a {model_type!r} model; supported: "
+                          f"{', '.join(MASKFORMER_TYPES)}, sam")
 
     def __init__(self, model: str, config: ProposalConfig, device: str = "cpu"):
         super().__init__(config, device)

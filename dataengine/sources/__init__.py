@@ -14,6 +14,7 @@ from functools import cached_property
 from ..config import ConfigError, SourceConfig
 from ..reasons import DUPLICATE_KEY, SOURCE_ERROR
 from ..records import Sample
+from ..registry import Registry
 
 READ_CHUNK = 1024
 
@@ -41,6 +42,12 @@ class Source:
         for index in range(len(self)):
             first.setdefault(self.key(index), index)
         return first
+
+    def with_key_index(self) -> Source:
+        """The source with its key index built, ready to be shipped to workers (who then need not
+        scan every key again)."""
+        self.first_use_of_key  # noqa: B018 (a cached property, computed here once)
+        return self
 
     def read(self, start: int, stop: int) -> list[Sample]:
         """Samples start..stop-1; a key already used by an earlier sample is rejected, never merged."""
@@ -78,16 +85,16 @@ class Source:
         return value
 
 
-def create_source(config: SourceConfig) -> Source:
-    from .coco import CocoSource
-    from .folder import FolderSource
-    from .hf import HFSource
-    from .webdataset import WebDatasetSource
+SOURCES = Registry("source", "--source", {
+    "coco": "dataengine.sources.coco:CocoSource",
+    "folder": "dataengine.sources.folder:FolderSource",
+    "webdataset": "dataengine.sources.webdataset:WebDatasetSource",
+    "hf": "dataengine.sources.hf:HFSource",
+})
 
-    registry = {cls.name: cls for cls in (CocoSource, FolderSource, WebDatasetSource, HFSource)}
-    if config.type not in registry:
-        raise ConfigError(f"--source: unknown source {config.type!r} (available: {', '.join(registry)})")
-    return registry[config.type](config)
+
+def create_source(config: SourceConfig) -> Source:
+    return SOURCES.get(config.type)(config)
 
 
 def image_under(images_dir, relative: str, allow_outside: bool = False):

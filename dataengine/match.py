@@ -114,8 +114,9 @@ class Timer:
 
 
 def default_batch_size(device: str) -> int:
-    """Regions per forward. On a GPU, big batches; on a CPU, ViT forwards run no faster batched and
-    slow down past about 16 regions (measured with ViT-B-16 on 2 cores: batch 8 is the sweet spot)."""
+    """Regions per forward. On a GPU, big batches; on a CPU, a ViT forward gains little from
+    batching and large batches slow it down (`--batch-size` sets it; `bench/bench_matcher.py`
+    measures regions/s on a machine)."""
     return 64 if device.startswith("cuda") else 8
 
 

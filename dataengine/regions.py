@@ -5,14 +5,15 @@ ratio, mask resized nearest-neighbour.
 `prepare_regions` does it for many regions of one image with tensor operations, in one of two
 ways that give the same pixels (both are torch's antialiased bicubic, a = -0.5 like PIL's):
 
-- On a GPU, fully batched: crops are gathered with index tensors and resized by two batched
-  matrix products with per-size weight matrices, out = Wy @ crop @ Wx^T (the weights are read off
-  by resizing an identity matrix with `F.interpolate`). Dense products do ~0.5 GFLOP for a
-  full-image region, nothing for a GPU, all in a few kernel launches per chunk.
+- On a GPU, batched: crops are gathered with index tensors and resized by two batched matrix
+  products with per-size weight matrices, out = Wy @ crop @ Wx^T (the weights are read off by
+  resizing an identity matrix with `F.interpolate`, cached per size, and padded to the longest
+  crop one region at a time). The dense products are mostly multiplications by zero, which a GPU
+  does not mind.
 - On a CPU, region by region through torch's 8-bit antialiased resize (SIMD, separable, only the
-  few taps each output pixel needs): measured 15x faster than the dense products on one core
-  (1.4 vs 22 ms per region, 100 regions of a 640x480 image), which matters where small CLIP models
-  make preparation the larger half of matching.
+  few taps each output pixel needs), which does far less work than the dense products; with
+  small CLIP models preparation can be the larger half of matching (`bench/bench_matcher.py`
+  prints the share of matcher time outside the forward).
 
 `prepare_region_pil` is the plain one-region reference (PIL), used by tests and the benchmark.
 """

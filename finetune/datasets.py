@@ -33,7 +33,6 @@ from dataengine.images import decode_rgb
 from dataengine.registry import Registry
 
 IGNORE = -1
-MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit
 
 
 class DatasetError(ConfigError):
@@ -62,7 +61,7 @@ def _read_labels(path: Path, ignore_values: tuple[int, ...], offset: int) -> np.
 
 
 def _read_image(path: Path) -> np.ndarray:
-    return decode_rgb(path.read_bytes(), max_pixels=MAX_PIXELS)
+    return decode_rgb(path.read_bytes(), max_pixels=Image.MAX_IMAGE_PIXELS)  # PIL's bomb limit
 
 
 class SegDataset:

@@ -16,7 +16,6 @@ decoding them).
 
 from __future__ import annotations
 
-import glob
 import io
 import itertools
 import logging
@@ -33,7 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import webdataset as wds
-from braceexpand import braceexpand
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
@@ -54,22 +52,9 @@ class ShardError(ConfigError):
 
 def expand_shards(pattern: str | list[str]) -> list[str]:
     """A brace pattern, glob, folder or list -> sorted existing tar paths."""
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    paths: list[str] = []
-    for item in patterns:
-        for expanded in braceexpand(item):
-            path = Path(expanded).expanduser()
-            if path.is_dir():
-                paths += sorted(str(p) for p in path.glob("*.tar"))
-            elif any(ch in expanded for ch in "*?["):
-                paths += sorted(glob.glob(str(path)))
-            elif path.exists():
-                paths.append(str(path))
-            else:
-                raise ShardError(f"--shards: no such file {expanded}")
-    if not paths:
-        raise ShardError(f"--shards: no tar files match {pattern}")
-    return sorted(dict.fromkeys(paths))
+    from dataengine.sources.webdataset import expand_tars
+
+    return expand_tars(pattern, "--shards", ShardError)
 
 
 def _index_for(shard: str) -> Path:

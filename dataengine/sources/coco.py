@@ -30,7 +30,7 @@ class CocoSource(Source):
         super().__init__(config)
         self.images_dir = existing_path(self.require("images", "--images"), "--images", "dir")
         captions_path = existing_path(self.require("captions", "--captions"), "--captions", "file")
-        captions = _load_object(captions_path, "--captions")
+        captions = read_coco_json(captions_path, "--captions")
         records = _list_of(captions, "images", captions_path, "--captions")
         # (file position, record), valid ids first in id order, then unusable records in file order
         self.images = sorted(enumerate(records), key=lambda item: _order(_image_id(item[1]), item[0]))
@@ -40,7 +40,7 @@ class CocoSource(Source):
         self.instances = None
         if config.instances:
             path = existing_path(config.instances, "--instances", "file")
-            self.instances = _group_by_image(_list_of(_load_object(path, "--instances"), "annotations", path,
+            self.instances = _group_by_image(_list_of(read_coco_json(path, "--instances"), "annotations", path,
                                                       "--instances"), "--instances")
 
     def __len__(self) -> int:
@@ -91,7 +91,9 @@ class CocoSource(Source):
                 "instances": self.config.instances, "num_images": len(self.images)}
 
 
-def _load_object(path, flag: str) -> dict:
+def read_coco_json(path, flag: str) -> dict:
+    """A COCO captions or instances file as its top-level object; a broken file is a ConfigError
+    naming `flag`. Every reader of COCO JSON in the project goes through here."""
     try:
         with open(path, encoding="utf-8") as handle:
             value = json.load(handle)

@@ -54,7 +54,7 @@ class WebDatasetSource(Source):
 
     def __init__(self, config):
         super().__init__(config)
-        self.urls = _expand(self.require("urls", "--urls"))
+        self.urls = expand_tars(self.require("urls", "--urls"), "--urls")
         self.entries = [entry for url in self.urls for entry in scan_tar(url)]
         self._streams: dict[str, object] = {}
 
@@ -212,18 +212,29 @@ def _truncation(url: str, size: int) -> str | None:
     return None
 
 
-def _expand(pattern: str) -> list[str]:
-    """Brace patterns (img2dataset style) and globs to a sorted list of existing local tar paths."""
+def expand_tars(pattern: str | list[str], flag: str, error: type[ConfigError] = ConfigError) -> list[str]:
+    """Tar paths, brace patterns (img2dataset style), globs and folders of tars -> the sorted local
+    tar files they name, each once. The one expansion of shard patterns in the project: --urls
+    here, --shards in finetune."""
     import braceexpand
 
-    paths = sorted({path for part in braceexpand.braceexpand(pattern) for path in (glob.glob(part) or [part])})
-    remote = [path for path in paths if "://" in path or path.startswith("pipe:")]
-    if remote:
-        raise ConfigError(f"--urls: {remote[0]}: only local tar files are supported (copy or mount remote shards)")
-    missing = [path for path in paths if not os.path.isfile(path)]
-    if missing:
-        raise ConfigError(f"--urls: no such file: {missing[0]}")
-    return paths
+    paths: list[str] = []
+    for item in [pattern] if isinstance(pattern, str) else pattern:
+        for part in braceexpand.braceexpand(item):
+            if "://" in part or part.startswith("pipe:"):
+                raise error(f"{flag}: {part}: only local tar files are supported (copy or mount remote shards)")
+            path = os.path.expanduser(part)
+            if os.path.isdir(path):
+                paths += glob.glob(os.path.join(glob.escape(path), "*.tar"))
+            elif glob.has_magic(path):
+                paths += [match for match in glob.glob(path) if os.path.isfile(match)]
+            elif os.path.isfile(path):
+                paths.append(path)
+            else:
+                raise error(f"{flag}: no such file: {part}")
+    if not paths:
+        raise error(f"{flag}: no tar files match {pattern}")
+    return sorted(set(paths))
 
 
 def _json_of(data: bytes | None) -> tuple[dict, str | None]:

@@ -52,7 +52,9 @@ def load_scenes(split: Path) -> tuple[torch.Tensor, list[list[str]]]:
     """All images of a world split as a uint8 (N, 3, S, S) tensor, and each image's captions."""
     from PIL import Image
 
-    captions = json.loads((split / "captions.json").read_text())
+    from dataengine.sources.coco import read_coco_json
+
+    captions = read_coco_json(split / "captions.json", f"world split {split.name}")
     texts: dict[int, list[str]] = {}
     for caption in captions["annotations"]:
         texts.setdefault(caption["image_id"], []).append(caption["caption"])

@@ -11,7 +11,6 @@ touched.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -67,7 +66,9 @@ def full_config(out: str, progress: bool = True) -> LoopConfig:
 
 
 def _coco(split: Path, name: str) -> dict:
-    return json.loads((split / name).read_text())
+    from dataengine.sources.coco import read_coco_json
+
+    return read_coco_json(split / name, f"world split {split.name}")
 
 
 def _instances_by_image(split: Path) -> dict[str, list[tuple[str, dict]]]:
@@ -173,16 +174,19 @@ def mine_split(split: Path, out: Path, proposals: str, clip: str, executor: str,
     return mine(config, overwrite=True)
 
 
+GT_JPEG_QUALITY = 95
+
+
 def ground_truth_shards(split: Path, out: Path, clip_spec: str, exclude=UNSEEN) -> str:
     """Pairs of ground-truth masks and class names (the method's 'GT masks + GT classes'), without
     the unseen classes, as shards the trainer reads."""
     import torch
     import webdataset as wds
-    from PIL import Image
 
     from dataengine.clip import load_clip
     from dataengine.images import decode_rgb
     from dataengine.regions import prepare_regions
+    from dataengine.write import encode_jpeg, encode_mask_png
 
     clip = load_clip(clip_spec, "cpu")
     images = {str(i["id"]): i for i in _coco(split, "instances.json")["images"]}
@@ -198,11 +202,9 @@ def ground_truth_shards(split: Path, out: Path, clip_spec: str, exclude=UNSEEN) 
             boxes = torch.tensor(np.rint(mask_utils.toBbox([rle for _, rle in kept])).astype(np.int64))
             crops, crop_masks = prepare_regions(pixels.permute(2, 0, 1), masks, boxes, clip.image_size, clip.fill_rgb)
             for index, (noun, _) in enumerate(kept):
-                jpg, png = io.BytesIO(), io.BytesIO()
-                Image.fromarray(crops[index].permute(1, 2, 0).numpy()).save(jpg, format="JPEG", quality=95)
-                Image.fromarray(crop_masks[index].numpy().astype(np.uint8) * 255).save(png, format="PNG")
-                sink.write({"__key__": f"{image_id}_g{index:03d}", "jpg": jpg.getvalue(), "mask.png": png.getvalue(),
-                            "txt": noun})
+                sink.write({"__key__": f"{image_id}_g{index:03d}", "txt": noun,
+                            "jpg": encode_jpeg(crops[index].permute(1, 2, 0).numpy(), GT_JPEG_QUALITY),
+                            "mask.png": encode_mask_png(crop_masks[index].numpy())})
     return str(out)
 
 

@@ -8,7 +8,11 @@
    processes, workers) and, apart, of the driver alone (it holds unfinished shards), sampled every
    0.2 s: a streaming run must not grow with the dataset.
 
-    python bench/bench_ray.py [--images 127] [--memory-images 127] [--clip dataengine-tiny]
+3. With `--baseline DIR` (a checkout of another revision, e.g. `git worktree add /tmp/base REV`),
+   every run above is made twice, first with DIR's code and then with this one's, and each figure
+   is printed for both with its ratio: a before/after comparison measured in one run.
+
+    python bench/bench_ray.py [--images 127] [--memory-images 127] [--clip dataengine-tiny] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -98,12 +102,14 @@ class TreeMemory:
         self.thread.join()
 
 
-def mine(source: list[str], out: Path, workers: int, clip: str) -> tuple[dict, TreeMemory]:
+def mine(source: list[str], out: Path, workers: int, clip: str, code: Path | None = None) -> tuple[dict, TreeMemory]:
+    """One `dataengine mine` run; `code`: a checkout whose packages it runs instead of this one's."""
+    environment = {**os.environ, "PYTHONPATH": str(code)} if code else None
     command = [sys.executable, "-m", "dataengine", "mine", *source, "--clip", clip,
                "--executor", "ray", "--workers", str(workers), "--samples-per-shard", "16", "--no-progress",
                "--out", str(out), "--ray-temp-dir", tempfile.mkdtemp(prefix="de-bench-")]
     cores = set(sorted(os.sched_getaffinity(0))[:workers])
-    run = subprocess.Popen(command, preexec_fn=lambda: os.sched_setaffinity(0, cores),
+    run = subprocess.Popen(command, preexec_fn=lambda: os.sched_setaffinity(0, cores), env=environment,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     memory = TreeMemory(run.pid)
     _, errors = run.communicate()
@@ -113,29 +119,24 @@ def mine(source: list[str], out: Path, workers: int, clip: str) -> tuple[dict, T
     return json.loads((out / "manifest.json").read_text()), memory
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=127, help="images of the throughput runs (default: 127, all)")
-    parser.add_argument("--memory-images", type=int, default=127, help="N of the N vs 4N memory runs (default: 127)")
-    parser.add_argument("--clip", default="dataengine-tiny", help="open_clip spec (default: the tiny seeded model)")
-    args = parser.parse_args()
-    offline_environment()
-    coco = require_coco_mini()
-    if len(os.sched_getaffinity(0)) < 2:
-        sys.exit("needs at least 2 cores")
-    work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+def measure(args, coco: Path, work: Path, code: Path | None) -> dict:
+    work.mkdir(parents=True)
     classical = ["--source", "folder", "--images", str(coco / "images"), "--id-column", "id", "--proposals", "classical",
                  "--captions", str(write_input(coco, work, args.images))]
-    one, _ = mine(classical, work / "one", 1, args.clip)
-    two, _ = mine(classical, work / "two", 2, args.clip)
+    one, _ = mine(classical, work / "one", 1, args.clip, code)
+    two, _ = mine(classical, work / "two", 2, args.clip, code)
     runs = []
     for count in (args.memory_images, 4 * args.memory_images):
         captions, instances = write_coco_input(coco, work, count)
         annotations = ["--source", "coco", "--images", str(coco / "images"), "--captions", str(captions),
                        "--instances", str(instances), "--proposals", "annotations"]
-        runs.append(mine(annotations, work / f"memory-{count}", 2, args.clip))
-    (n, memory_small), (four_n, memory_large) = runs
+        runs.append(mine(annotations, work / f"memory-{count}", 2, args.clip, code))
+    return {"one": one, "two": two, "memory": runs}
 
+
+def report(args, figures: dict) -> None:
+    one, two = figures["one"], figures["two"]
+    (n, memory_small), (four_n, memory_large) = figures["memory"]
     print(f"classical pipeline, {args.images} COCO images, --clip {args.clip}, {os.cpu_count()} cores")
     print(f"1 worker (1 core) : {one['images_per_second']:6.2f} images/s")
     print(f"2 workers (2 cores): {two['images_per_second']:6.2f} images/s")
@@ -149,6 +150,42 @@ def main() -> None:
     print(f"peak RSS 4N / N: all processes {memory_large.peak_rss / memory_small.peak_rss:.2f} "
           f"(PSS {memory_large.peak_pss / memory_small.peak_pss:.2f}), "
           f"driver {memory_large.peak_driver / memory_small.peak_driver:.2f}")
+
+
+def compare(base: dict, this: dict) -> None:
+    """This code's figures over the baseline's (throughput: above 1 is faster; memory: below 1 is less)."""
+    print("this / baseline:")
+    for key, label in (("one", "1 worker"), ("two", "2 workers")):
+        print(f"  images/s, {label}: {this[key]['images_per_second'] / base[key]['images_per_second']:.2f}")
+    for (_, memory), (_, base_memory), label in zip(this["memory"], base["memory"], ("N", "4N"), strict=True):
+        print(f"  peak RSS, {label}: all processes {memory.peak_rss / base_memory.peak_rss:.2f} "
+              f"(PSS {memory.peak_pss / base_memory.peak_pss:.2f}), driver {memory.peak_driver / base_memory.peak_driver:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=127, help="images of the throughput runs (default: 127, all)")
+    parser.add_argument("--memory-images", type=int, default=127, help="N of the N vs 4N memory runs (default: 127)")
+    parser.add_argument("--clip", default="dataengine-tiny", help="open_clip spec (default: the tiny seeded model)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="a checkout of another revision: measure its code too and print this / baseline")
+    args = parser.parse_args()
+    offline_environment()
+    coco = require_coco_mini()
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("needs at least 2 cores")
+    if args.baseline and not (args.baseline / "dataengine" / "__init__.py").is_file():
+        sys.exit(f"--baseline: {args.baseline} is not a checkout of this project")
+    work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    base = measure(args, coco, work / "baseline", args.baseline.resolve()) if args.baseline else None
+    this = measure(args, coco, work / "this", None)
+    if base:
+        print(f"baseline: {args.baseline}")
+        report(args, base)
+        print("this code:")
+    report(args, this)
+    if base:
+        compare(base, this)
 
 
 if __name__ == "__main__":

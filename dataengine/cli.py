@@ -68,6 +68,13 @@ MINE_FLAGS = (
          "dataengine-tiny is a seeded random init, for tests and demos)", metavar="SPEC"),
     Flag("--min-score", "match.min_score", "minimum cosine similarity of a pair, -1..1 (default: none)", float, "S"),
     Flag("--min-margin", "match.min_margin", "minimum best-minus-second-best score, 0..2 (default: none)", float, "M"),
+    Flag("--min-mentions", "match.min_mentions", "a noun needs to be in at least N of its image's captions", int, "N"),
+    Flag("--mutual-best", "match.mutual_best", "a noun's best proposal must also prefer it among the image's nouns",
+         bool, action="store_true"),
+    Flag("--vocabulary", "match.vocabulary", "keep a pair only if its noun is in the top --vocabulary-top-k of its "
+         "region's classification over a vocabulary: corpus (every noun of the input's captions, a first pass over "
+         "them) or FILE (one noun per line) (default: off)", metavar="corpus|FILE"),
+    Flag("--vocabulary-top-k", "match.vocabulary_top_k", "k of --vocabulary", int, "K"),
     Flag("--one-to-one", "match.one_to_one", "each proposal gets at most one noun", bool, action="store_true"),
     Flag("--max-pairs-per-image", "match.max_pairs_per_image", "keep the N highest-scoring pairs per image", int, "N"),
     Flag("--batch-size", "match.batch_size", "regions per CLIP forward (default: 64 on GPU, 8 on CPU)", int, "N"),

@@ -119,6 +119,13 @@ class MatchConfig:
     clip: str = "ViT-B-16@openai"  # open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT_PATH]; a bare NAME: random init
     min_score: float | None = None  # cosine similarity a pair needs, -1..1 (None: keep every argmax)
     min_margin: float | None = None  # best minus second-best cosine a pair needs, 0..2
+    min_mentions: int = 1  # a noun needs to be in at least this many of the image's captions
+    mutual_best: bool = False  # a noun's best proposal must also prefer it among the image's nouns
+    vocabulary: str | None = None  # corpus (every noun of the input's captions) | FILE (one noun per line)
+    vocabulary_top_k: int = 5  # with a vocabulary: the noun must be in its region's top k over it
+    # The vocabulary's nouns, sorted; a run fills it from `vocabulary` (so it is part of the run's
+    # fingerprint and reaches every worker); set it directly to give the list inline.
+    vocabulary_words: list[str] | None = None
     one_to_one: bool = False  # each proposal gets at most one noun (max-total-score assignment)
     max_pairs_per_image: int | None = None  # keep the highest-scoring pairs only
     batch_size: int | None = None  # regions per CLIP forward; None: 64 on GPU, 8 on CPU (larger CPU batches are slower)
@@ -185,6 +192,10 @@ class MineConfig:
         if self.match.batch_size is not None:
             _check_positive("match.batch_size", self.match.batch_size)
         _check_positive("match.cpu_threads", self.match.cpu_threads)
+        _check_positive("match.min_mentions", self.match.min_mentions)
+        _check_positive("match.vocabulary_top_k", self.match.vocabulary_top_k)
+        if self.match.vocabulary_words is not None and not self.match.vocabulary_words:
+            raise ConfigError("match.vocabulary_words: an empty vocabulary")
         _check_positive("nouns.batch_size", self.nouns.batch_size)
         if self.nouns.max_captions_per_image is not None:
             _check_positive("nouns.max_captions_per_image", self.nouns.max_captions_per_image)
@@ -288,8 +299,8 @@ def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     _refuse_huge_values(cls, data, where)
     try:
-        text = json.dumps(_without_empty_sections(cls, data), allow_nan=False)
-    except (TypeError, ValueError) as error:  # YAML dates, sets, NaN: no setting takes them
+        text = json.dumps(_without_empty_sections(cls, data))  # NaN and inf pass: the ranges refuse them
+    except (TypeError, ValueError) as error:  # YAML dates, sets: no setting takes them
         raise ConfigError(f"{where or 'config'}: only numbers, text, booleans, lists and mappings are settings ({error})") from None
     try:
         return _adapter(cls).validate_json(text, strict=True)

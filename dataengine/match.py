@@ -1,15 +1,23 @@
 """Matching caption nouns to proposals with CLIP.
 
 The method's rule: for each noun, the proposal with the highest cosine similarity gets the noun.
-Options, applied in this order, each recording why a noun lost its pair:
-`min_score` (below_min_score), `min_margin` on best minus second best (below_min_margin),
-`one_to_one` (a max-total-score assignment, scipy's linear_sum_assignment; no_free_proposal),
-`max_pairs_per_image` (the highest-scoring pairs stay; over_max_pairs).
+Precision filters, applied in this order, each recording why a noun lost its pair:
+
+1. `min_mentions`: the noun is in at least N of the image's captions (too_few_mentions);
+2. `min_score` on the best cosine (below_min_score);
+3. `min_margin` on best minus second best (below_min_margin);
+4. `mutual_best`: the noun's best proposal also prefers this noun among the image's nouns
+   (not_mutual_best);
+5. `vocabulary` + `vocabulary_top_k`: the noun is among the top k of its region's classification
+   over a vocabulary (the corpus's own nouns, or a file) (outside_vocabulary_top_k);
+6. `one_to_one`: a max-total-score assignment, scipy's linear_sum_assignment (no_free_proposal);
+7. `max_pairs_per_image`: the highest-scoring pairs stay (over_max_pairs).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +27,16 @@ from pycocotools import mask as mask_utils
 from .clip import ClipModel, NounEmbeddings
 from .config import DEFAULT_MASK_PIXELS, MatchConfig, masks_per_chunk
 from .keys import pair_key
-from .reasons import BELOW_MIN_MARGIN, BELOW_MIN_SCORE, NO_FREE_PROPOSAL, NOUN_LEVEL, OVER_MAX_PAIRS
+from .reasons import (
+    BELOW_MIN_MARGIN,
+    BELOW_MIN_SCORE,
+    NO_FREE_PROPOSAL,
+    NOT_MUTUAL_BEST,
+    NOUN_LEVEL,
+    OUTSIDE_VOCABULARY_TOP_K,
+    OVER_MAX_PAIRS,
+    TOO_FEW_MENTIONS,
+)
 from .records import Pair, Reject, Sample
 from .regions import normalize, prepare_regions
 
@@ -38,8 +55,28 @@ class Selection:
     rejects: list[tuple[Choice, str]] = field(default_factory=list)
 
 
-def select_pairs(similarity: np.ndarray, config: MatchConfig) -> Selection:
-    """similarity: (proposals, nouns) cosine similarities of one image."""
+@dataclass
+class VocabularyCheck:
+    """A region's classification over the vocabulary: `scores(proposal)` is the proposal's cosine
+    to every vocabulary noun; `columns[noun]` is the image noun's place in the vocabulary (None
+    where the vocabulary lacks it, which fails the check)."""
+
+    scores: Callable[[int], np.ndarray]
+    columns: list[int | None]
+    top_k: int
+
+    def keeps(self, proposal: int, noun: int) -> bool:
+        column = self.columns[noun]
+        if column is None:
+            return False
+        row = self.scores(proposal)
+        return int((row > row[column]).sum()) < self.top_k  # ties count for the noun
+
+
+def select_pairs(similarity: np.ndarray, config: MatchConfig, captions: list[int] | None = None,
+                 vocabulary: VocabularyCheck | None = None) -> Selection:
+    """similarity: (proposals, nouns) cosine similarities of one image; captions: how many of the
+    image's captions mention each noun (min_mentions); vocabulary: for the vocabulary filter."""
     num_proposals, num_nouns = similarity.shape
     best = similarity.argmax(axis=0)
     top2 = -np.sort(-similarity, axis=0)[:2]
@@ -48,12 +85,11 @@ def select_pairs(similarity: np.ndarray, config: MatchConfig) -> Selection:
     for noun in range(num_nouns):
         margin = float(top2[0, noun] - top2[1, noun]) if num_proposals > 1 else None
         choice = Choice(noun, int(best[noun]), float(top2[0, noun]), margin)
-        if config.min_score is not None and choice.score < config.min_score:
-            selection.rejects.append((choice, BELOW_MIN_SCORE))
-        elif config.min_margin is not None and margin is not None and margin < config.min_margin:
-            selection.rejects.append((choice, BELOW_MIN_MARGIN))
-        else:
+        reason = _first_failed_filter(choice, similarity, config, captions, vocabulary)
+        if reason is None:
             candidates.append(choice)
+        else:
+            selection.rejects.append((choice, reason))
     if config.one_to_one:
         candidates = _one_to_one(candidates, similarity, selection)
         if config.min_score is not None:  # the assignment may have moved a noun to a weaker proposal
@@ -65,6 +101,21 @@ def select_pairs(similarity: np.ndarray, config: MatchConfig) -> Selection:
         candidates = candidates[: config.max_pairs_per_image]
     selection.pairs = sorted(candidates, key=lambda c: c.noun_index)
     return selection
+
+
+def _first_failed_filter(choice: Choice, similarity: np.ndarray, config: MatchConfig, captions, vocabulary) -> str | None:
+    """The reason of the first per-noun filter (1-5 of the module's list) the choice fails, if any."""
+    if captions is not None and captions[choice.noun_index] < config.min_mentions:
+        return TOO_FEW_MENTIONS
+    if config.min_score is not None and choice.score < config.min_score:
+        return BELOW_MIN_SCORE
+    if config.min_margin is not None and choice.margin is not None and choice.margin < config.min_margin:
+        return BELOW_MIN_MARGIN
+    if config.mutual_best and int(similarity[choice.proposal_index].argmax()) != choice.noun_index:
+        return NOT_MUTUAL_BEST
+    if vocabulary is not None and not vocabulary.keeps(choice.proposal_index, choice.noun_index):
+        return OUTSIDE_VOCABULARY_TOP_K
+    return None
 
 
 def _one_to_one(candidates: list[Choice], similarity: np.ndarray, selection: Selection) -> list[Choice]:
@@ -133,6 +184,9 @@ class RegionMatcher:
         self.batch_size = config.batch_size or default_batch_size(clip.device)
         self.noun_embeddings = NounEmbeddings(clip)
         self.timer = Timer(clip.device)
+        words = config.vocabulary_words  # resolved from match.vocabulary by the run (pipeline.resolve_vocabulary)
+        self.vocabulary = self.noun_embeddings(words).cpu() if words else None  # (V, D), for the vocabulary filter
+        self.vocabulary_column = {noun: column for column, noun in enumerate(words or [])}
 
     def region_features(self, samples: list[Sample]) -> list[torch.Tensor]:
         """L2-normalized CLIP features of every proposal, (P_i, D) per sample, in proposal order."""
@@ -194,13 +248,28 @@ class RegionMatcher:
             nouns = text[offset : offset + len(sample.nouns)]
             offset += len(sample.nouns)
             similarity = (regions.cpu() @ nouns.T).numpy()
-            selection = select_pairs(similarity, self.config)
+            selection = select_pairs(similarity, self.config, [noun.captions for noun in sample.nouns],
+                                     self._vocabulary_check(sample, regions))
             with self.timer.phase("prepare"):
                 sample.pairs = self._pairs(sample, selection.pairs)
             sample.noun_rejects = [
                 Reject(NOUN_LEVEL, reason, stage="match", noun=sample.nouns[c.noun_index], score=c.score, margin=c.margin)
                 for c, reason in selection.rejects
             ]
+
+    def _vocabulary_check(self, sample: Sample, regions: torch.Tensor) -> VocabularyCheck | None:
+        """Each region's scores over the vocabulary, computed only for the proposals a noun chose."""
+        if self.vocabulary is None:
+            return None
+        rows: dict[int, np.ndarray] = {}
+
+        def scores(proposal: int) -> np.ndarray:
+            if proposal not in rows:
+                rows[proposal] = (regions[proposal].cpu() @ self.vocabulary.T).numpy()
+            return rows[proposal]
+
+        columns = [self.vocabulary_column.get(noun.noun) for noun in sample.nouns]
+        return VocabularyCheck(scores, columns, self.config.vocabulary_top_k)
 
     def _pairs(self, sample: Sample, choices: list[Choice]) -> list[Pair]:
         if not choices:

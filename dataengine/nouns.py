@@ -185,8 +185,12 @@ def image_nouns(captions, mentions_per_caption: list[list[Mention]]) -> list[Nou
     """Distinct nouns of one image in order of first mention, with the first mention's caption and span."""
     first: dict[str, NounMention] = {}
     counts: dict[str, int] = {}
+    captions_with: dict[str, int] = {}
     for caption, mentions in zip(captions, mentions_per_caption, strict=True):
         for mention in mentions:
             counts[mention.noun] = counts.get(mention.noun, 0) + 1
             first.setdefault(mention.noun, NounMention(mention.noun, caption.id, mention.start, mention.end))
-    return [NounMention(n.noun, n.caption_id, n.start, n.end, counts[n.noun]) for n in first.values()]
+        for noun in {mention.noun for mention in mentions}:
+            captions_with[noun] = captions_with.get(noun, 0) + 1
+    return [NounMention(n.noun, n.caption_id, n.start, n.end, counts[n.noun], captions_with[n.noun])
+            for n in first.values()]

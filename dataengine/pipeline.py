@@ -6,6 +6,7 @@ import logging
 import platform
 import time
 from importlib import metadata
+from pathlib import Path
 
 from .config import ConfigError, MineConfig
 from .executors import create_executor, plan_shards
@@ -67,6 +68,50 @@ def job_models(config: MineConfig, generator) -> Models:
     return Models(clip=config.match.clip, proposals=generator.model_id, nouns=extractor.model_name)
 
 
+VOCABULARY_CHUNK = 1024  # samples per step of the vocabulary's pass over the captions
+
+
+def resolve_vocabulary(config: MineConfig, source, total: int) -> None:
+    """Fill `match.vocabulary_words` from `match.vocabulary`, before the run is fingerprinted:
+    `corpus` is every noun the noun stage finds in the first `total` inputs' captions (a pass over
+    the captions alone, no image is read), FILE one noun per line (blank lines and #-comments
+    skipped, lower-cased)."""
+    match = config.match
+    if not match.vocabulary or match.vocabulary_words:
+        return
+    if match.vocabulary == "corpus":
+        match.vocabulary_words = corpus_vocabulary(config, source, total)
+    else:
+        match.vocabulary_words = read_vocabulary(match.vocabulary)
+    if not match.vocabulary_words:
+        raise ConfigError(f"--vocabulary {match.vocabulary}: no nouns")
+    log.info("vocabulary: %d nouns from %s", len(match.vocabulary_words), match.vocabulary)
+
+
+def corpus_vocabulary(config: MineConfig, source, total: int) -> list[str]:
+    from tqdm.auto import tqdm
+
+    from .stages import NounStage
+
+    stage = NounStage(config)
+    nouns: set[str] = set()
+    with tqdm(total=total, unit="img", desc="vocabulary", disable=not config.progress, dynamic_ncols=True) as bar:
+        for start in range(0, total, VOCABULARY_CHUNK):
+            samples = stage(source.read(start, min(start + VOCABULARY_CHUNK, total)))
+            nouns.update(noun.noun for sample in samples if sample.alive for noun in sample.nouns)
+            bar.update(len(samples))
+    return sorted(nouns)
+
+
+def read_vocabulary(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--vocabulary: cannot read {path} ({type(error).__name__}: {error})") from None
+    words = (line.split("#", 1)[0].strip().lower() for line in text.splitlines())
+    return sorted({word for word in words if word})
+
+
 def mine(config: MineConfig, overwrite: bool = False) -> dict:
     """Run (or resume) the job described by `config`; returns the manifest, also written to OUT."""
     config.validate()
@@ -79,6 +124,7 @@ def mine(config: MineConfig, overwrite: bool = False) -> dict:
         log.warning("--clip %s has no pretrained weights: seeded random initialisation, the pairs show the "
                     "machinery only", config.match.clip)
     shards = plan_shards(min(len(source), config.limit or len(source)), config.write.samples_per_shard)
+    resolve_vocabulary(config, source, shards[-1].stop if shards else 0)
     executor = create_executor(config)
     output = OutputFolder(config.out)
     try:

@@ -34,8 +34,12 @@ REASONS: tuple[Reason, ...] = (
     Reason("source_error", IMAGE_LEVEL, "an input row the source cannot read (malformed line, wrong type, path outside --images)"),
     Reason("out_of_memory", IMAGE_LEVEL, "the sample ran out of memory alone, after one retry"),
     Reason("stage_error", IMAGE_LEVEL, "an exception in a stage, with its class and message"),
+    Reason("too_few_mentions", NOUN_LEVEL, "the noun is in fewer of the image's captions than --min-mentions"),
     Reason("below_min_score", NOUN_LEVEL, "the best proposal's cosine is under --min-score"),
     Reason("below_min_margin", NOUN_LEVEL, "best minus second-best cosine is under --min-margin"),
+    Reason("not_mutual_best", NOUN_LEVEL, "--mutual-best: the noun's best proposal prefers another noun of the image"),
+    Reason("outside_vocabulary_top_k", NOUN_LEVEL, "--vocabulary: the noun is not among the top --vocabulary-top-k "
+           "classes of its region over the vocabulary"),
     Reason("no_free_proposal", NOUN_LEVEL, "--one-to-one left no proposal for this noun"),
     Reason("over_max_pairs", NOUN_LEVEL, "the image already has --max-pairs-per-image pairs"),
 )
@@ -43,7 +47,8 @@ REASON_NAMES = tuple(reason.name for reason in REASONS)
 
 (MISSING_FILE, EMPTY_FILE, DECODE_ERROR, TOO_LARGE, BAD_METADATA, NO_CAPTION, NO_NOUNS, NO_PROPOSALS,
  SIZE_MISMATCH, NO_PAIRS, DUPLICATE_KEY, SOURCE_ERROR, OUT_OF_MEMORY, STAGE_ERROR,
- BELOW_MIN_SCORE, BELOW_MIN_MARGIN, NO_FREE_PROPOSAL, OVER_MAX_PAIRS) = REASON_NAMES
+ TOO_FEW_MENTIONS, BELOW_MIN_SCORE, BELOW_MIN_MARGIN, NOT_MUTUAL_BEST, OUTSIDE_VOCABULARY_TOP_K, NO_FREE_PROPOSAL,
+ OVER_MAX_PAIRS) = REASON_NAMES
 
 
 def reasons_markdown() -> str:

@@ -32,6 +32,7 @@ class NounMention:
     start: int  # character span of the mention in the caption text, end exclusive
     end: int
     mentions: int = 1  # how many times the noun occurs across all of the image's captions
+    captions: int = 1  # how many of the image's captions mention it
 
 
 @dataclass

@@ -152,9 +152,13 @@ class COCOObject(SegDataset):
     def _items(self):
         from pycocotools.coco import COCO
 
+        from dataengine.sources.coco import read_coco_json
+
         instances, images_folder = self._locate()
+        self.coco = COCO()  # pycocotools' index over the project's one reader of COCO JSON
+        self.coco.dataset = read_coco_json(instances, "--root")
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco = COCO(str(instances))
+            self.coco.createIndex()
         self.category_index = self._category_index(instances)
         return [(str(image_id), images_folder / self.coco.imgs[image_id]["file_name"], image_id)
                 for image_id in sorted(self.coco.getImgIds())]

@@ -76,3 +76,48 @@ def test_the_readme_layout_matches_the_tree():
     missing = sorted(folder for folder in packages | data_folders
                      if not any(shown == folder or shown.startswith(folder + "/") for shown in listed))
     assert not missing, f"folders missing from the README's layout: {missing}"
+
+
+def all_registries():
+    from dataengine.executors import EXECUTORS
+    from dataengine.proposals import GENERATORS
+    from dataengine.sources import SOURCES
+    from finetune.config import LOSSES, PHASES
+    from finetune.datasets import DATASETS
+
+    return [SOURCES, GENERATORS, EXECUTORS, DATASETS, PHASES, LOSSES]
+
+
+def test_every_pluggable_kind_is_one_registry_whose_names_resolve():
+    import pytest
+
+    for registry in all_registries():
+        for name in registry:
+            assert callable(registry.get(name)), (registry.kind, name)
+        with pytest.raises(registry.error, match=rf"^{registry.flag}: unknown {registry.kind} 'nope' \(available: "):
+            registry.get("nope")
+    dataengine_targets = [target for registry in all_registries()[:3] for target in registry._targets.values()]
+    assert all(target.startswith("dataengine.") for target in dataengine_targets), dataengine_targets
+
+
+def test_stages_declare_their_placement_and_executors_split_one_list():
+    import pytest
+
+    from dataengine.config import MineConfig
+    from dataengine.stage import CPU_TASK, MODEL_ACTOR, Stage, split_by_placement
+    from dataengine.stages import build_stages
+
+    stages = build_stages(MineConfig(), "cpu")  # classical proposals: CPU work, beside the reader
+    assert [(s.name, s.placement, s.loads_model) for s in stages] == [
+        ("nouns", CPU_TASK, False), ("decode", CPU_TASK, False), ("proposals", CPU_TASK, False),
+        ("match", MODEL_ACTOR, True)]
+    cpu, model = split_by_placement(stages)
+    assert [s.name for s in cpu] == ["nouns", "decode", "proposals"] and [s.name for s in model] == ["match"]
+    from dataengine.proposals.hf import HFProposals
+
+    assert HFProposals.loads_model
+    learned = stages[2]
+    learned.generator.loads_model = True  # what an hf: generator declares
+    assert [s.name for s in split_by_placement(stages)[1]] == ["proposals", "match"]
+    with pytest.raises(ValueError, match="a CPU stage after a model stage"):
+        split_by_placement([stages[3], Stage()])

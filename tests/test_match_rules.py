@@ -16,7 +16,8 @@ from dataengine.match import (
     select_pairs,
 )
 
-REASONS = {BELOW_MIN_SCORE, BELOW_MIN_MARGIN, NO_FREE_PROPOSAL, OVER_MAX_PAIRS}
+REASONS = {BELOW_MIN_SCORE, BELOW_MIN_MARGIN, NO_FREE_PROPOSAL, OVER_MAX_PAIRS, "too_few_mentions", "not_mutual_best",
+           "outside_vocabulary_top_k"}
 
 
 def pairs_of(selection) -> dict[int, tuple[int, float]]:
@@ -314,3 +315,64 @@ def test_every_noun_ends_exactly_once(config):
                 assert min(c.score for c in selection.pairs) >= max(over)
         else:
             assert OVER_MAX_PAIRS not in {reason for _, reason in selection.rejects}
+
+
+# ---------------------------------------------------------------- precision filters (issue 11)
+
+from dataengine.match import VocabularyCheck  # noqa: E402
+from dataengine.reasons import NOT_MUTUAL_BEST, OUTSIDE_VOCABULARY_TOP_K, TOO_FEW_MENTIONS  # noqa: E402
+
+# 3 proposals x 3 nouns: noun 0 and noun 1 both prefer proposal 0, which prefers noun 0;
+# noun 2 prefers proposal 2, which prefers it back.
+SHARED = np.array([[0.9, 0.8, 0.1],
+                   [0.2, 0.3, 0.2],
+                   [0.1, 0.2, 0.7]])
+
+
+def test_mutual_best_keeps_a_noun_only_where_its_proposal_prefers_it_back():
+    selection = select_pairs(SHARED, MatchConfig(mutual_best=True))
+    assert pairs_of(selection) == {0: (0, 0.9), 2: (2, 0.7)}
+    assert rejects_of(selection) == {1: NOT_MUTUAL_BEST}
+    assert rejects_of(select_pairs(SHARED, MatchConfig())) == {}  # off by default: the method's rule
+
+
+def test_min_mentions_counts_the_captions_that_name_the_noun():
+    selection = select_pairs(SHARED, MatchConfig(min_mentions=2), captions=[3, 1, 2])
+    assert sorted(pairs_of(selection)) == [0, 2] and rejects_of(selection) == {1: TOO_FEW_MENTIONS}
+    assert rejects_of(select_pairs(SHARED, MatchConfig(), captions=[3, 1, 2])) == {}
+
+
+def vocabulary_of(rows: np.ndarray, columns: list[int | None], top_k: int) -> VocabularyCheck:
+    return VocabularyCheck(lambda proposal: rows[proposal], columns, top_k)
+
+
+def test_vocabulary_keeps_a_noun_within_the_top_k_of_its_region():
+    # each proposal's cosine to a 4-noun vocabulary; the image's nouns are vocabulary nouns 3, 1, 0
+    rows = np.array([[0.1, 0.5, 0.2, 0.4],   # proposal 0: ranks 1, 3, 2, 0
+                     [0.3, 0.3, 0.3, 0.3],
+                     [0.9, 0.1, 0.2, 0.3]])  # proposal 2: ranks 0, 3, 2, 1
+    top1 = select_pairs(SHARED, MatchConfig(), vocabulary=vocabulary_of(rows, [3, 1, 0], 1))
+    assert rejects_of(top1) == {0: OUTSIDE_VOCABULARY_TOP_K}  # noun 0 (vocabulary 3) is second on proposal 0
+    assert sorted(pairs_of(top1)) == [1, 2]
+    top2 = select_pairs(SHARED, MatchConfig(), vocabulary=vocabulary_of(rows, [3, 1, 0], 2))
+    assert rejects_of(top2) == {}
+    ties = select_pairs(SHARED[1:2], MatchConfig(), vocabulary=vocabulary_of(rows[1:2], [0, 1, 2], 1))
+    assert rejects_of(ties) == {}  # a tie counts for the noun
+
+
+def test_a_noun_the_vocabulary_lacks_fails_the_vocabulary_filter():
+    rows = np.ones((3, 2))
+    selection = select_pairs(SHARED, MatchConfig(), vocabulary=vocabulary_of(rows, [0, None, 1], 5))
+    assert rejects_of(selection) == {1: OUTSIDE_VOCABULARY_TOP_K}
+
+
+def test_filters_apply_in_the_documented_order():
+    """A noun failing several filters gets the reason of the first in the order of dataengine.match."""
+    rows = np.zeros((3, 3))
+    config = MatchConfig(min_mentions=2, min_score=0.85, mutual_best=True)
+    everything_fails = vocabulary_of(rows, [None, None, None], 1)
+    selection = select_pairs(SHARED, config, captions=[1, 2, 2], vocabulary=everything_fails)
+    assert rejects_of(selection) == {0: TOO_FEW_MENTIONS, 1: BELOW_MIN_SCORE, 2: BELOW_MIN_SCORE}
+    config = MatchConfig(mutual_best=True)
+    selection = select_pairs(SHARED, config, captions=[1, 1, 1], vocabulary=everything_fails)
+    assert rejects_of(selection) == {0: OUTSIDE_VOCABULARY_TOP_K, 1: NOT_MUTUAL_BEST, 2: OUTSIDE_VOCABULARY_TOP_K}

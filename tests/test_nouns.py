@@ -91,15 +91,22 @@ def test_mentions_keeps_text_order_and_handles_empty_input(noun_extractor):
 # ------------------------------------------------------------------ image_nouns
 
 
+def test_image_nouns_count_mentions_and_the_captions_that_hold_them(noun_extractor):
+    captions = [Caption("c1", "A dog chases a dog."), Caption("c2", "A cat.")]
+    nouns = {n.noun: n for n in image_nouns(captions, noun_extractor.mentions([c.text for c in captions]))}
+    assert (nouns["dog"].mentions, nouns["dog"].captions) == (2, 1)  # --min-mentions counts captions
+    assert (nouns["cat"].mentions, nouns["cat"].captions) == (1, 1)
+
+
 def test_image_nouns_dedupes_across_captions(noun_extractor):
     captions = [Caption("c1", "A dog on a couch."), Caption("c2", "Two dogs and a cat near a couch."),
                 Caption("c3", "A cat and a dog.")]
     nouns = image_nouns(captions, noun_extractor.mentions([c.text for c in captions]))
     assert [n.noun for n in nouns] == ["dog", "couch", "cat"]  # order of first mention
     by_noun = {n.noun: n for n in nouns}
-    assert by_noun["dog"] == NounMention("dog", "c1", 2, 5, 3)
-    assert by_noun["couch"] == NounMention("couch", "c1", 11, 16, 2)
-    assert by_noun["cat"] == NounMention("cat", "c2", 15, 18, 2)  # first mentioned in the second caption
+    assert by_noun["dog"] == NounMention("dog", "c1", 2, 5, 3, 3)
+    assert by_noun["couch"] == NounMention("couch", "c1", 11, 16, 2, 2)
+    assert by_noun["cat"] == NounMention("cat", "c2", 15, 18, 2, 2)  # first mentioned in the second caption
     for noun in nouns:
         text = next(c.text for c in captions if c.id == noun.caption_id)
         assert text[noun.start : noun.end].lower().startswith(noun.noun)
@@ -108,7 +115,7 @@ def test_image_nouns_dedupes_across_captions(noun_extractor):
 def test_image_nouns_without_spacy():
     captions = [Caption("a", "x"), Caption("b", "y"), Caption("c", "z")]
     mentions = [[Mention("tree", 0, 4), Mention("tree", 10, 14)], [], [Mention("car", 3, 6), Mention("tree", 1, 5)]]
-    assert image_nouns(captions, mentions) == [NounMention("tree", "a", 0, 4, 3), NounMention("car", "c", 3, 6, 1)]
+    assert image_nouns(captions, mentions) == [NounMention("tree", "a", 0, 4, 3, 2), NounMention("car", "c", 3, 6, 1, 1)]
     assert image_nouns([], []) == []
     with pytest.raises(ValueError):
         image_nouns(captions, mentions[:2])  # one list of mentions per caption

@@ -593,3 +593,25 @@ def test_duplicate_ids_are_rejected_with_keys_of_their_own(tmp_path):
     first, second = list(create_source(config))
     assert first.alive and first.key == "same"
     assert second.reject.reason == "duplicate_key" and second.key == "same-duplicate-1"
+
+
+def test_every_source_ships_to_workers_with_its_key_index(tmp_path):
+    """The Ray executor pickles the driver's Source once: a worker reads samples from the copy
+    without re-reading captions, instances, tables or tar headers, and gets the same samples."""
+    import pickle
+
+    images = make_images(tmp_path / "images")
+    write_tar(tmp_path / "00000.tar", [{"__key__": f"{i:09d}", "jpg": path.read_bytes(), "txt": f"thing {i}"}
+                                       for i, path in enumerate(images)])
+    hf_dataset(images).save_to_disk(str(tmp_path / "ds"))
+    rows = [{"image": path.name, "caption": f"thing {i}"} for i, path in enumerate(images)]
+    configs = [write_coco(tmp_path), folder_config(tmp_path, write_jsonl(tmp_path / "c.jsonl", rows)),
+               SourceConfig(type="webdataset", urls=str(tmp_path / "00000.tar")),
+               SourceConfig(type="hf", dataset=str(tmp_path / "ds"))]
+    for config in configs:
+        source = create_source(config).with_key_index()
+        shipped = pickle.loads(pickle.dumps(source))
+        assert "first_use_of_key" in vars(shipped), config.type  # the index travelled with it
+        original, copy = source.read(0, len(source)), shipped.read(0, len(shipped))
+        assert [(s.key, texts(s)) for s in copy] == [(s.key, texts(s)) for s in original], config.type
+        np.testing.assert_array_equal(decode(copy[-1]), decode(original[-1]))

@@ -376,3 +376,14 @@ def test_filters_apply_in_the_documented_order():
     config = MatchConfig(mutual_best=True)
     selection = select_pairs(SHARED, config, captions=[1, 1, 1], vocabulary=everything_fails)
     assert rejects_of(selection) == {0: OUTSIDE_VOCABULARY_TOP_K, 1: NOT_MUTUAL_BEST, 2: OUTSIDE_VOCABULARY_TOP_K}
+
+
+def test_a_vocabulary_file_is_one_noun_per_line(tmp_path):
+    from dataengine.config import ConfigError
+    from dataengine.pipeline import read_vocabulary
+
+    path = tmp_path / "vocabulary.txt"
+    path.write_text("# ADE-150 nouns\nDog\n\n cat  # a comment\ndog\nstop sign\n")
+    assert read_vocabulary(str(path)) == ["cat", "dog", "stop sign"]
+    with pytest.raises(ConfigError, match="--vocabulary: cannot read"):
+        read_vocabulary(str(tmp_path / "nope.txt"))

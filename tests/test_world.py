@@ -237,3 +237,35 @@ def test_the_demo_refuses_files_it_did_not_write_and_replaces_its_own(tmp_path, 
     assert main(["demo", "--out", str(out), "--no-progress"]) == 2
     assert "keep.txt" in capsys.readouterr().err and (out / "runs" / "mpt" / "keep.txt").exists()
     assert (out / "world" / "world.json").exists()  # refused before anything was deleted
+
+
+def test_the_precision_filters_reject_with_their_own_reasons_and_the_corpus_vocabulary_is_the_captions_nouns(
+        world, tmp_path, noun_extractor):
+    """Mining with every filter on: each noun that lost its pair says which filter took it, and the
+    vocabulary a run resolved (its fingerprint's) is exactly the nouns the noun stage finds."""
+    import pyarrow.parquet as pq
+
+    from dataengine.config import MineConfig, from_dict
+    from dataengine.pipeline import mine
+    from finetune.world.loop import _coco
+
+    split = world / "train"
+    config = from_dict(MineConfig, {
+        "source": {"type": "coco", "images": str(split / "images"), "captions": str(split / "captions.json"),
+                   "instances": str(split / "instances.json")},
+        "proposals": {"generator": "annotations"}, "match": {"clip": "dataengine-world", "mutual_best": True,
+                                                             "min_mentions": 2, "vocabulary": "corpus",
+                                                             "vocabulary_top_k": 1},
+        "out": str(tmp_path / "corpus"), "limit": 12, "executor": "local", "progress": False})
+    manifest = mine(config)
+    reasons = manifest["counts"]["reject_reasons"]
+    assert {"too_few_mentions", "not_mutual_best", "outside_vocabulary_top_k"} & set(reasons), reasons
+    rejects = pq.read_table(tmp_path / "corpus" / "rejects").to_pandas()
+    assert set(rejects.reason) <= {"too_few_mentions", "not_mutual_best", "outside_vocabulary_top_k", "no_pairs"}
+    captions = _coco(split, "captions.json")
+    first = {image["id"] for image in sorted(captions["images"], key=lambda image: image["id"])[:12]}
+    texts = [c["caption"] for c in captions["annotations"] if c["image_id"] in first]
+    expected = sorted({m.noun for mentions in noun_extractor.mentions(texts) for m in mentions})
+    recorded = json.loads((tmp_path / "corpus" / "run.json").read_text())
+    assert manifest["config"]["match"]["vocabulary_words"] == expected
+    assert recorded["job"]["settings"]["match"]["vocabulary_words"] == expected  # part of the fingerprint

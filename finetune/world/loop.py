@@ -162,14 +162,16 @@ def pct(part: int, whole: int) -> float | None:
 # ---------------------------------------------------------------- the loop
 
 
-def mine_split(split: Path, out: Path, proposals: str, clip: str, executor: str, progress: bool) -> dict:
+def mine_split(split: Path, out: Path, proposals: str, clip: str, executor: str, progress: bool,
+               match: dict | None = None) -> dict:
+    """Mine a world split; `match`: further match settings (the precision filters)."""
     from dataengine.config import MineConfig, from_dict
     from dataengine.pipeline import mine
 
     config = from_dict(MineConfig, {
         "source": {"type": "coco", "images": str(split / "images"), "captions": str(split / "captions.json"),
                    "instances": str(split / "instances.json")},
-        "proposals": {"generator": proposals}, "match": {"clip": clip}, "out": str(out),
+        "proposals": {"generator": proposals}, "match": {"clip": clip, **(match or {})}, "out": str(out),
         "executor": executor, "progress": progress, "device": "auto"})
     return mine(config, overwrite=True)
 

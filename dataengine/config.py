@@ -297,11 +297,8 @@ def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    _refuse_huge_values(cls, data, where)
-    try:
-        text = json.dumps(_without_empty_sections(cls, data))  # NaN and inf pass: the ranges refuse them
-    except (TypeError, ValueError) as error:  # YAML dates, sets: no setting takes them
-        raise ConfigError(f"{where or 'config'}: only numbers, text, booleans, lists and mappings are settings ({error})") from None
+    _check_plain_values(cls, data, where)
+    text = json.dumps(_without_empty_sections(cls, data))  # NaN and inf pass: the ranges refuse them
     try:
         return _adapter(cls).validate_json(text, strict=True)
     except pydantic.ValidationError as error:
@@ -311,19 +308,51 @@ def from_dict(cls, data: dict[str, Any] | None, where: str = ""):
 MAX_SETTING_ITEMS = 100_000  # items in one setting's value; a real one holds a few dozen
 
 
-def _refuse_huge_values(cls, data: dict, where: str, location: tuple = ()) -> None:
-    """A YAML alias bomb (lists of lists, shared by reference) under a setting is refused before
-    anything walks all of it: it would expand to billions of items."""
+JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_plain_values(cls, data: dict, where: str, location: tuple = ()) -> None:
+    """Before anything walks a value whole: a value of more than MAX_SETTING_ITEMS items (a YAML
+    alias bomb, lists or mappings shared by reference, would expand to billions) or one that is not
+    plain data (a YAML date, a set, bytes) is refused, naming its setting."""
     for name, value in data.items():
+        path = _dotted(where, [*location, name])
+        if isinstance(value, dict) and _is_section(cls, [*location, name]):
+            _check_plain_values(cls, value, where, (*location, name))
+            continue
+        if isinstance(value, list | dict) and _items_within(value, MAX_SETTING_ITEMS) > MAX_SETTING_ITEMS:
+            raise ConfigError(f"{path}: {_expected(cls, [*location, name])}a value of more than "
+                              f"{MAX_SETTING_ITEMS} items")
         if isinstance(value, dict):
-            _refuse_huge_values(cls, value, where, (*location, name))
-        elif isinstance(value, list) and _items_within(value, MAX_SETTING_ITEMS) > MAX_SETTING_ITEMS:
-            path = ".".join(filter(None, [where, *location, str(name)]))
-            try:
-                expected = f"expected {_type_name(_hint_at(cls, [*location, name]))}, got "
-            except (KeyError, TypeError, IndexError):  # not a setting at all
-                expected = ""
-            raise ConfigError(f"{path}: {expected}a value of more than {MAX_SETTING_ITEMS} items")
+            raise ConfigError(f"{path}: {_expected(cls, [*location, name])}{short_repr(value)}")
+        elif isinstance(value, list):
+            odd = next((item for item in value if not isinstance(item, JSON_SCALARS)), None)
+            if odd is not None:
+                raise ConfigError(f"{path}: {_expected(cls, [*location, name])}{short_repr(value)}")
+        elif not isinstance(value, JSON_SCALARS):
+            raise ConfigError(f"{path}: {_expected(cls, [*location, name])}{short_repr(value)}")
+
+
+def _is_section(cls, location: list) -> bool:
+    try:
+        return dataclasses.is_dataclass(_hint_at(cls, location))
+    except (KeyError, TypeError, IndexError):
+        return False
+
+
+def _expected(cls, location: list) -> str:
+    try:
+        return f"expected {_type_name(_hint_at(cls, location))}, got "
+    except (KeyError, TypeError, IndexError):  # not a setting at all
+        return "not a setting: "
+
+
+def _dotted(where: str, location: list) -> str:
+    """A setting's path as the validation errors write it: `a.b.c`, list items `a.b[1]`."""
+    text = where
+    for part in location:
+        text = f"{text}[{part}]" if isinstance(part, int) else (f"{text}.{part}" if text else str(part))
+    return text
 
 
 def _items_within(value, budget: int) -> int:
@@ -359,7 +388,7 @@ def _first_problem(cls, error: pydantic.ValidationError, where: str) -> str:
     if problem["type"] == "value_error" and isinstance(problem["ctx"]["error"], ConfigError):
         raise problem["ctx"]["error"]  # the dataclass's own validation (a __post_init__), as it is
     location = list(problem["loc"])
-    path = ".".join(filter(None, [where, *(str(part) for part in location)]))
+    path = _dotted(where, location)
     if problem["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         known = sorted(field.name for field in dataclasses.fields(_hint_at(cls, location[:-1])))
         return f"{path}: unknown setting (known: {', '.join(known)})"

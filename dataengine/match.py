@@ -92,15 +92,28 @@ def select_pairs(similarity: np.ndarray, config: MatchConfig, captions: list[int
             selection.rejects.append((choice, reason))
     if config.one_to_one:
         candidates = _one_to_one(candidates, similarity, selection)
-        if config.min_score is not None:  # the assignment may have moved a noun to a weaker proposal
-            selection.rejects.extend((c, BELOW_MIN_SCORE) for c in candidates if c.score < config.min_score)
-            candidates = [c for c in candidates if c.score >= config.min_score]
+        candidates = _recheck_moved(candidates, config, vocabulary, selection)
     if config.max_pairs_per_image is not None:
         candidates.sort(key=lambda c: (-c.score, c.noun_index))
         selection.rejects.extend((c, OVER_MAX_PAIRS) for c in candidates[config.max_pairs_per_image :])
         candidates = candidates[: config.max_pairs_per_image]
     selection.pairs = sorted(candidates, key=lambda c: c.noun_index)
     return selection
+
+
+def _recheck_moved(candidates: list[Choice], config: MatchConfig, vocabulary, selection: Selection) -> list[Choice]:
+    """The assignment may have moved a noun to another, weaker proposal: the filters that depend on
+    the proposal are checked again there (mutual best cannot fail: the nouns that pass it already
+    have distinct best proposals, which the assignment keeps)."""
+    kept = []
+    for choice in candidates:
+        if config.min_score is not None and choice.score < config.min_score:
+            selection.rejects.append((choice, BELOW_MIN_SCORE))
+        elif vocabulary is not None and not vocabulary.keeps(choice.proposal_index, choice.noun_index):
+            selection.rejects.append((choice, OUTSIDE_VOCABULARY_TOP_K))
+        else:
+            kept.append(choice)
+    return kept
 
 
 def _first_failed_filter(choice: Choice, similarity: np.ndarray, config: MatchConfig, captions, vocabulary) -> str | None:

@@ -72,7 +72,21 @@ def _comparable(job: dict) -> dict:
     execution-only still holds it, and resumes all the same."""
     if not isinstance(job, dict) or not isinstance(job.get("settings"), dict):
         return job
-    return {**job, "settings": _outcome_settings(json.loads(json.dumps(job["settings"])))}
+    settings = _with_defaults(_outcome_settings(json.loads(json.dumps(job["settings"]))),
+                              _outcome_settings(MineConfig().to_dict()))
+    return {**job, "settings": settings}
+
+
+def _with_defaults(recorded: dict, defaults: dict) -> dict:
+    """Settings added since a run.json was written take their defaults there (new settings start
+    out off, so the folder was mined as their defaults say): such a folder resumes."""
+    merged = dict(recorded)
+    for name, value in defaults.items():
+        if name not in merged:
+            merged[name] = value
+        elif isinstance(value, dict) and isinstance(merged[name], dict):
+            merged[name] = _with_defaults(merged[name], value)
+    return merged
 
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:

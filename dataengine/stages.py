@@ -79,23 +79,32 @@ class ProposalStage(Stage):
     name = "proposals"
 
     def __init__(self, config: MineConfig, device: str):
-        from .proposals import create_generator
+        from .proposals import GENERATORS
 
         super().__init__()
         self.config = config.proposals
-        self.generator = create_generator(self.config.generator, self.config, device)
-        self.generator.mask_pixels = config.mask_pixels_per_chunk  # memory bound of its full-size masks
+        self.generator_type = GENERATORS.get(self.config.generator.partition(":")[0])
+        self.generator = None  # built by setup(), where the stage runs: an hf: one reads its model's config
+        self.mask_pixels = config.mask_pixels_per_chunk  # memory bound of its full-size masks
         self.device, self.threads = device, config.match.cpu_threads
 
     @property
     def placement(self) -> str:
-        return MODEL_ACTOR if self.generator.loads_model else CPU_TASK
+        return MODEL_ACTOR if self.generator_type.loads_model else CPU_TASK
 
     def setup(self) -> None:
+        from .proposals import create_generator
+
+        if self.generator is not None:
+            return
+        generator = create_generator(self.config.generator, self.config, self.device)
+        generator.mask_pixels = self.mask_pixels
         with torch_threads(self.device, self.threads):
-            self.generator.setup()
+            generator.setup()
+        self.generator = generator
 
     def process_batch(self, samples: list[Sample]) -> None:
+        self.setup()
         with torch_threads(self.device, self.threads):  # learned generators: as many threads as CLIP
             generated = self.generator.generate_batch(samples)
         for sample, proposals in zip(samples, generated, strict=True):

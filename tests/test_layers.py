@@ -113,11 +113,10 @@ def test_stages_declare_their_placement_and_executors_split_one_list():
         ("match", MODEL_ACTOR, True)]
     cpu, model = split_by_placement(stages)
     assert [s.name for s in cpu] == ["nouns", "decode", "proposals"] and [s.name for s in model] == ["match"]
-    from dataengine.proposals.hf import HFProposals
+    from dataengine.config import ProposalConfig
 
-    assert HFProposals.loads_model
-    learned = stages[2]
-    learned.generator.loads_model = True  # what an hf: generator declares
-    assert [s.name for s in split_by_placement(stages)[1]] == ["proposals", "match"]
+    learned = build_stages(MineConfig(proposals=ProposalConfig(generator="hf:/no/such/model")), "cpu")
+    assert [s.name for s in split_by_placement(learned)[1]] == ["proposals", "match"]  # nothing loaded yet
+    assert learned[2].generator is None
     with pytest.raises(ValueError, match="a CPU stage after a model stage"):
         split_by_placement([stages[3], Stage()])

@@ -387,3 +387,12 @@ def test_a_vocabulary_file_is_one_noun_per_line(tmp_path):
     assert read_vocabulary(str(path)) == ["cat", "dog", "stop sign"]
     with pytest.raises(ConfigError, match="--vocabulary: cannot read"):
         read_vocabulary(str(tmp_path / "nope.txt"))
+
+
+def test_one_to_one_checks_the_vocabulary_again_on_the_proposal_it_moves_a_noun_to():
+    similarity = np.array([[0.9, 0.8], [0.85, 0.1]])  # both prefer proposal 0; the assignment moves noun 0 to 1
+    rows = np.array([[0.9, 0.5, 0.2], [0.2, 0.5, 0.95]])  # over a 3-noun vocabulary; image nouns = columns 0, 1
+    check = vocabulary_of(rows, [0, 1], 2)
+    selection = select_pairs(similarity, MatchConfig(one_to_one=True), vocabulary=check)
+    assert pairs_of(selection) == {1: (0, 0.8)}  # noun 1 on proposal 0: second of 3 there, kept
+    assert rejects_of(selection) == {0: OUTSIDE_VOCABULARY_TOP_K}  # noun 0 is third on proposal 1

@@ -131,6 +131,12 @@ def test_a_resume_with_other_execution_only_settings_is_accepted(tmp_path, capsy
     assert main(argv) == 0, capsys.readouterr().err
     assert main(argv + ["--min-score", "0.5"]) == 2  # a setting that shapes the output is still refused
     assert "other settings (settings.match.min_score)" in capsys.readouterr().err
+    for name in ("mutual_best", "min_mentions", "vocabulary_top_k"):  # settings added after it was mined
+        del record["job"]["settings"]["match"][name]
+    (out / "run.json").write_text(json.dumps(record))
+    assert main(argv) == 0, capsys.readouterr().err  # they take their defaults there: it resumes
+    assert main(argv + ["--mutual-best"]) == 2
+    assert "settings.match.mutual_best" in capsys.readouterr().err
 
 
 def test_demo_refuses_to_replace_files_it_did_not_write(tmp_path, capsys):

@@ -615,3 +615,17 @@ def test_every_source_ships_to_workers_with_its_key_index(tmp_path):
         original, copy = source.read(0, len(source)), shipped.read(0, len(shipped))
         assert [(s.key, texts(s)) for s in copy] == [(s.key, texts(s)) for s in original], config.type
         np.testing.assert_array_equal(decode(copy[-1]), decode(original[-1]))
+
+
+def test_tar_patterns_name_each_file_once_and_literal_names_win_over_globs(tmp_path):
+    from dataengine.sources.webdataset import expand_tars
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for name in ("a.tar", "b.tar", "c[1].tar"):
+        (folder / name).write_bytes(b"")
+    same = expand_tars([str(folder), f"{tmp_path}/./s", f"{folder}//a.tar", f"{folder}/*.tar"], "--shards")
+    assert same == sorted(str(folder / name) for name in ("a.tar", "b.tar", "c[1].tar"))
+    assert expand_tars(str(folder / "c[1].tar"), "--urls") == [str(folder / "c[1].tar")]
+    with pytest.raises(ConfigError, match=r"--urls: no tar files match .*\*\.nope"):
+        expand_tars([str(folder / "a.tar"), str(folder / "*.nope")], "--urls")

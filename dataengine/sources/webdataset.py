@@ -223,17 +223,20 @@ def expand_tars(pattern: str | list[str], flag: str, error: type[ConfigError] = 
         for part in braceexpand.braceexpand(item):
             if "://" in part or part.startswith("pipe:"):
                 raise error(f"{flag}: {part}: only local tar files are supported (copy or mount remote shards)")
-            path = os.path.expanduser(part)
+            path = os.path.normpath(os.path.expanduser(part))
             if os.path.isdir(path):
                 paths += glob.glob(os.path.join(glob.escape(path), "*.tar"))
-            elif glob.has_magic(path):
-                paths += [match for match in glob.glob(path) if os.path.isfile(match)]
-            elif os.path.isfile(path):
+            elif os.path.isfile(path):  # before globbing: a real file may have [ or * in its name
                 paths.append(path)
+            elif glob.has_magic(path):
+                matches = [match for match in glob.glob(path) if os.path.isfile(match)]
+                if not matches:
+                    raise error(f"{flag}: no tar files match {part}")
+                paths += matches
             else:
                 raise error(f"{flag}: no such file: {part}")
     if not paths:
-        raise error(f"{flag}: no tar files match {pattern}")
+        raise error(f"{flag}: no tar files in {pattern}")
     return sorted(set(paths))
 
 

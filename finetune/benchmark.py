@@ -138,7 +138,7 @@ class ProposalSource:
 
         config = MineConfig(proposals=from_dict(ProposalConfig, {"generator": spec}, "proposals"))
         self.stage = ProposalStage(config, device)
-        if self.stage.generator.needs_annotations:
+        if self.stage.generator_type.needs_annotations:
             raise ConfigError("--proposals: annotations needs instance annotations; benchmarks use "
                               "class-agnostic generators (classical, hf:...)")
         self.stage.setup()

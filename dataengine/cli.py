@@ -65,7 +65,8 @@ MINE_FLAGS = (
          "probability at which learned soft masks are binarized (hf generators), 0..1", float, "T"),
     Flag("--max-proposals", "proposals.max_proposals", "proposals kept per image after NMS", int, "N"),
     Flag("--clip", "match.clip", "open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT] (default: ViT-B-16@openai; a bare NAME such as "
-         "dataengine-tiny is a seeded random init, for tests and demos)", metavar="SPEC"),
+         "dataengine-tiny is a seeded random init, for tests and demos), or a dataengine finetune output folder: its "
+         "weights, and its mask prompts applied to every region as in training", metavar="SPEC"),
     Flag("--min-score", "match.min_score", "minimum cosine similarity of a pair, -1..1 (default: none)", float, "S"),
     Flag("--min-margin", "match.min_margin", "minimum best-minus-second-best score, 0..2 (default: none)", float, "M"),
     Flag("--min-mentions", "match.min_mentions", "a noun needs to be in at least N of its image's captions", int, "N"),

@@ -1,9 +1,12 @@
-"""open_clip models for matching: loading by NAME[@PRETRAINED_OR_PATH], the package's own model
-configs (a tiny one for tests and demos), and a per-run cache of prompt-ensembled noun embeddings."""
+"""open_clip models for matching: loading by NAME[@PRETRAINED_OR_PATH] or from a finetune output
+folder (its finetuned weights and mask prompts), the package's own model configs (a tiny one for
+tests and demos), and a per-run cache of prompt-ensembled noun embeddings."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -71,6 +74,7 @@ class ClipModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     architecture: str = ""  # the open_clip model name that rebuilds this network (e.g. with -quickgelu)
+    prompts: object = None  # a dataengine.prompts.MaskPromptedViT around model.visual, or None
 
     @property
     def fill_rgb(self) -> tuple[float, float, float]:
@@ -97,6 +101,21 @@ class ClipModel:
             features = self.model.encode_image(pixels.to(self.device, non_blocking=True))
         return torch.nn.functional.normalize(features[:count].float(), dim=-1)
 
+    def encode_regions(self, pixels, masks, pad_to: int | None = None):
+        """Normalized features of normalized region crops. With mask prompts, the crop masks (B, S, S)
+        choose the masked patches, as in training; without, this is `encode_images`."""
+        import torch
+
+        if self.prompts is None:
+            return self.encode_images(pixels, pad_to)
+        count = len(pixels)
+        if pad_to and count < pad_to:  # padded rows are unmasked: they never enable the prompts
+            pixels = torch.cat([pixels, pixels.new_zeros((pad_to - count, *pixels.shape[1:]))])
+            masks = torch.cat([masks, masks.new_ones((pad_to - count, *masks.shape[1:]))])
+        with torch.inference_mode(), self.autocast():
+            features = self.prompts(pixels.to(self.device, non_blocking=True), masks.to(self.device))
+        return torch.nn.functional.normalize(features[:count].float(), dim=-1)
+
     def encode_texts(self, texts: list[str]):
         import torch
 
@@ -104,6 +123,73 @@ class ClipModel:
         with torch.inference_mode(), self.autocast():
             features = self.model.encode_text(tokens)
         return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    """What a finetune output folder holds: the spec of its weights (the base model's for an MPT
+    run), its mask prompt file (None for a full finetune) and the seed of its base model."""
+
+    folder: str
+    spec: str
+    prompts: str | None
+    seed: int
+
+    def digests(self) -> dict[str, str]:
+        """sha256 of the folder's weight and prompt files: a folder trained again is another model."""
+        files = [self.prompts] if self.prompts else []
+        name, weights = parse_clip_spec(self.spec)
+        if weights and Path(weights).parent == Path(self.folder):
+            files.append(weights)
+        return {Path(path).name: _sha256(path) for path in sorted(files)}
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def finetune_run(spec: str, flag: str = "--clip") -> FinetuneRun | None:
+    """The finetune output folder `spec` names (it holds train.json), or None when `spec` is not a
+    folder. A folder that is not a finetune run is an error."""
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        return None
+    try:
+        summary = json.loads((folder / "train.json").read_text())
+        config = summary["config"]
+        base = config["clip"]
+        if not isinstance(base, str):
+            raise TypeError("config.clip is not a string")
+    except FileNotFoundError:
+        raise ConfigError(f"{flag}: {folder} is not a finetune output folder (no train.json)") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{flag}: {folder / 'train.json'} is not a finetune summary ({type(error).__name__})") from None
+    if not summary.get("finished"):
+        log.warning("%s is an unfinished training run: using its latest saved weights and prompts", folder)
+    name = summary.get("architecture") or parse_clip_spec(base)[0]
+    weights, prompts = folder / "model.pt", folder / "prompts.pt"
+    spec = f"{name}@{weights}" if weights.exists() else base
+    return FinetuneRun(str(folder), spec, str(prompts) if prompts.exists() else None, int(config.get("seed", 0)))
+
+
+def load_adapted_clip(spec: str, device: str = "cpu", seed: int = 0, prompts: str | None = None) -> ClipModel:
+    """`load_clip`, and also a finetune output folder: its weights, with its mask prompts applied
+    to every region (`prompts`: a prompt file to use instead of, or besides, the folder's)."""
+    from .prompts import wrap_with_prompts
+
+    run = finetune_run(spec)
+    if run is not None:
+        spec, prompts, seed = run.spec, prompts or run.prompts, run.seed
+    clip = load_clip(spec, device, seed=seed)
+    if prompts:
+        if not Path(prompts).expanduser().exists():
+            raise ConfigError(f"--prompts: no such file {prompts}")
+        clip.prompts = wrap_with_prompts(clip.model.visual, Path(prompts).expanduser()).to(device).eval()
+    return clip
 
 
 def parse_clip_spec(spec: str) -> tuple[str, str | None]:

@@ -116,7 +116,7 @@ class ProposalConfig:
 
 @settings
 class MatchConfig:
-    clip: str = "ViT-B-16@openai"  # open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT_PATH]; a bare NAME: random init
+    clip: str = "ViT-B-16@openai"  # open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT_PATH] (a bare NAME: random init) or a finetune folder
     min_score: float | None = None  # cosine similarity a pair needs, -1..1 (None: keep every argmax)
     min_margin: float | None = None  # best minus second-best cosine a pair needs, 0..2
     min_mentions: int = 1  # a noun needs to be in at least this many of the image's captions

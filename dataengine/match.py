@@ -203,42 +203,42 @@ class RegionMatcher:
 
     def region_features(self, samples: list[Sample]) -> list[torch.Tensor]:
         """L2-normalized CLIP features of every proposal, (P_i, D) per sample, in proposal order."""
-        chunks, owners = [], []
-        pending, pending_count = [], 0
-        features: list[torch.Tensor] = []
+        owners, pending, features = [], [], []
         for number, sample in enumerate(samples):
             for start, crops in self._crops_of(sample):
                 pending.append(crops)
-                owners.append((number, start, len(crops)))
-                pending_count += len(crops)
-                while pending_count >= self.batch_size:
-                    pending, pending_count = self._forward_full_batches(pending, features)
-        if pending_count:
+                owners.append((number, start, len(crops[0])))
+                while sum(len(pixels) for pixels, _ in pending) >= self.batch_size:
+                    pending = self._forward_full_batch(pending, features)
+        if pending:
             with self.timer.phase("forward"):
-                features.append(self.clip.encode_images(torch.cat(pending), pad_to=self.batch_size))
+                features.append(self._encode(*_concatenated(pending)))
         chunks = torch.cat(features) if features else torch.zeros(0, 1)
         return _split_by_owner(chunks, owners, [len(s.proposals) for s in samples])
 
-    def _forward_full_batches(self, pending: list[torch.Tensor], features: list[torch.Tensor]):
-        batch = torch.cat(pending)
+    def _forward_full_batch(self, pending: list[tuple[torch.Tensor, torch.Tensor]], features: list[torch.Tensor]):
+        pixels, masks = _concatenated(pending)
         size = self.batch_size
         with self.timer.phase("forward"):
-            features.append(self.clip.encode_images(batch[:size], pad_to=size))
-        rest = batch[size:]
-        return ([rest] if len(rest) else []), len(rest)
+            features.append(self._encode(pixels[:size], masks[:size]))
+        return [(pixels[size:], masks[size:])] if len(pixels) > size else []
+
+    def _encode(self, pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_regions(pixels, masks, pad_to=self.batch_size)
 
     def _crops_of(self, sample: Sample):
-        """Normalized crops of one sample's proposals, in chunks of similar box size (see `_size_chunks`)."""
+        """Normalized crops and crop masks of one sample's proposals, in chunks of similar box size
+        (see `_size_chunks`)."""
         with self.timer.phase("prepare"):
             image = self._image_tensor(sample.image)
             boxes = torch.from_numpy(sample.proposals.boxes_xywh)
         for chosen in _size_chunks(boxes, self._masks_per_chunk(sample.image)):
             with self.timer.phase("prepare"):
                 masks = self._mask_tensor(sample.proposals.rles, chosen.tolist())
-                crops, _ = prepare_regions(image, masks, boxes[chosen], self.clip.image_size, self.clip.fill_rgb)
+                crops, crop_masks = prepare_regions(image, masks, boxes[chosen], self.clip.image_size, self.clip.fill_rgb)
                 del masks
                 pixels = normalize(crops, self.clip.mean, self.clip.std)
-            yield chosen, pixels  # outside the timed phase: the consumer runs forwards in between
+            yield chosen, (pixels, crop_masks)  # outside the timed phase: the consumer runs forwards in between
 
     def _masks_per_chunk(self, image: np.ndarray) -> int:
         return min(self.batch_size, masks_per_chunk(self.mask_pixels, image.shape[0], image.shape[1]))
@@ -327,6 +327,10 @@ def _size_chunks(boxes: torch.Tensor, max_regions: int) -> list[torch.Tensor]:
     if current:
         chunks.append(torch.tensor(current))
     return chunks
+
+
+def _concatenated(pending: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([pixels for pixels, _ in pending]), torch.cat([masks for _, masks in pending])
 
 
 def _split_by_owner(features: torch.Tensor, owners, counts: list[int]) -> list[torch.Tensor]:

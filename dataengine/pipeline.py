@@ -57,15 +57,21 @@ class Progress:
 def job_models(config: MineConfig, generator) -> Models:
     """The models a job uses, checked before any work starts: a missing model is a clear error up
     front (CLIP weights are fetched into the local cache where a network exists)."""
-    from .clip import check_clip_spec, fetch_clip_weights
+    from .clip import check_clip_spec, fetch_clip_weights, finetune_run
     from .nouns import NounExtractor
+    from .prompts import read_prompt_file
 
-    check_clip_spec(config.match.clip)
+    run = finetune_run(config.match.clip)
+    spec = run.spec if run else config.match.clip
+    check_clip_spec(spec)
+    if run and run.prompts:
+        read_prompt_file(run.prompts, "--clip")
     extractor = NounExtractor(config.nouns)
     # Pin the spaCy package this machine resolved, so that every worker of a cluster uses the same one.
     config.nouns.spacy_model = config.nouns.spacy_model or extractor.package_name
-    fetch_clip_weights(config.match.clip)
-    return Models(clip=config.match.clip, proposals=generator.model_id, nouns=extractor.model_name)
+    fetch_clip_weights(spec)
+    return Models(clip=config.match.clip, proposals=generator.model_id, nouns=extractor.model_name,
+                  prompts=run.prompts if run else None, files_sha256=run.digests() if run else None)
 
 
 VOCABULARY_CHUNK = 1024  # samples per step of the vocabulary's pass over the captions
@@ -120,7 +126,7 @@ def mine(config: MineConfig, overwrite: bool = False) -> dict:
     if generator.needs_annotations and getattr(source, "instances", None) is None:
         raise ConfigError("--proposals annotations: needs instance masks: use --source coco with --instances FILE")
     models = job_models(config, generator)
-    if "@" not in config.match.clip:
+    if "@" not in config.match.clip and not Path(config.match.clip).expanduser().is_dir():
         log.warning("--clip %s has no pretrained weights: seeded random initialisation, the pairs show the "
                     "machinery only", config.match.clip)
     shards = plan_shards(min(len(source), config.limit or len(source)), config.write.samples_per_shard)

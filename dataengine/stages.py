@@ -130,13 +130,13 @@ class MatchStage(Stage):
         self.matcher = None
 
     def setup(self) -> None:
-        from .clip import load_clip
+        from .clip import load_adapted_clip
         from .match import RegionMatcher
 
         if self.matcher is None:
             with self.threads():
-                self.matcher = RegionMatcher(load_clip(self.config.clip, self.device, self.config.seed), self.config,
-                                             self.mask_pixels)
+                clip = load_adapted_clip(self.config.clip, self.device, self.config.seed)
+                self.matcher = RegionMatcher(clip, self.config, self.mask_pixels)
 
     def threads(self):
         return torch_threads(self.device, self.config.cpu_threads)

@@ -36,9 +36,11 @@ SCORE_DECIMALS = 6  # scores are stored rounded so that output does not depend o
 
 @dataclass(frozen=True)
 class Models:
-    clip: str
+    clip: str  # the --clip spec as given: NAME[@WEIGHTS] or a finetune output folder
     proposals: str
     nouns: str
+    prompts: str | None = None  # the mask prompt file applied to every region, if any
+    files_sha256: dict | None = None  # of a finetune folder's weights and prompts (None otherwise)
 
 
 def temporary_name(name: str) -> str:
@@ -93,7 +95,7 @@ def pair_metadata(sample: Sample, pair: Pair, models: Models) -> dict:
         "mask": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
         "box": [int(v) for v in proposals.boxes_xywh[pair.proposal_index]],
         "area": int(proposals.areas[pair.proposal_index]),
-        "models": {"clip": models.clip, "proposals": models.proposals, "nouns": models.nouns},
+        "models": {"clip": models.clip, "proposals": models.proposals, "nouns": models.nouns, "prompts": models.prompts},
     }
 
 
@@ -106,6 +108,7 @@ def index_row(meta: dict, shard: int) -> dict:
         "score": meta["score"], "margin": meta["margin"], "proposal_id": meta["proposal_id"],
         "proposal_score": meta["proposal_score"], "generator": meta["generator"], "box": meta["box"],
         "area": meta["area"], "mask_counts": meta["mask"]["counts"], "clip_model": meta["models"]["clip"],
+        "clip_prompts": meta["models"]["prompts"],
     }
 
 

@@ -115,13 +115,11 @@ def run_export(args: argparse.Namespace) -> int:
 
     from dataengine.export import describe_export, export_open_clip
 
-    spec, folder = args.clip, Path(args.clip).expanduser()
-    if folder.is_dir():
-        from .models import describe_run
+    from dataengine.clip import finetune_run
 
-        if not (folder / "train.json").exists():
-            raise ConfigError(f"--clip: {folder} is not a finetune output folder (no train.json)")
-        spec, prompts, _ = describe_run(folder)
+    spec, run = args.clip, finetune_run(args.clip)
+    if run is not None:
+        folder, spec, prompts = Path(run.folder), run.spec, run.prompts
         if not (folder / "model.pt").exists():
             raise ConfigError(f"--clip: {folder} holds mask prompts only (an MPT run): they need this package's "
                               "wrapper and are not part of an open_clip model; export a finetune run's folder")

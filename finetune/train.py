@@ -30,7 +30,7 @@ from dataengine.checkpoint import load_state_dict, load_tensors
 from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
 
 from .config import LOSSES, PHASES, TrainConfig, TrainConfigError
-from .mpt import MaskPromptedViT, check_vit, masked_patches, prompt_depth, save_prompts
+from dataengine.prompts import MaskPromptedViT, check_vit, masked_patches, prompt_depth, save_prompts
 from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in_epoch, loader
 
 log = logging.getLogger(__name__)

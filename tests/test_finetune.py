@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pairs import write_pair_shards
 
 from finetune.config import TrainConfig, TrainConfigError
-from finetune.mpt import masked_patches
+from dataengine.prompts import masked_patches
 from finetune.shards import Corpus, PairStream, ShardError
 from finetune.train import Trainer, clip_loss, train, vocabulary_loss
 

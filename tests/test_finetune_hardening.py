@@ -202,7 +202,7 @@ def damaged_prompt_files(folder, visual) -> dict:
 
     import torch
 
-    from finetune.mpt import MaskPromptedViT, save_prompts
+    from dataengine.prompts import MaskPromptedViT, save_prompts
 
     good = folder / "good.pt"
     save_prompts(good, MaskPromptedViT(visual, depth=2), "dataengine-tiny")
@@ -225,7 +225,7 @@ def damaged_prompt_files(folder, visual) -> dict:
 
 def test_a_damaged_prompt_file_is_one_line(tmp_path, capsys):
     from dataengine.clip import load_clip
-    from finetune.mpt import MPTError, read_prompt_file, wrap_with_prompts
+    from dataengine.prompts import MPTError, read_prompt_file, wrap_with_prompts
     from finetune.world.scenes import generate_world
 
     visual = load_clip("dataengine-tiny", "cpu").model.visual

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from finetune.mpt import MaskPromptedViT, MPTError, masked_patches, save_prompts, wrap_with_prompts
+from dataengine.prompts import MaskPromptedViT, MPTError, masked_patches, save_prompts, wrap_with_prompts
 
 
 @pytest.fixture()

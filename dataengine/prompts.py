@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dataengine.checkpoint import load_tensors
-from dataengine.config import ConfigError
+from .checkpoint import load_tensors
+from .config import ConfigError
 
 
 class MPTError(ConfigError):

@@ -1,4 +1,4 @@
-"""Command line: `dataengine mine | inspect`, plus the subcommands other packages register under the
+"""Command line: `dataengine mine | filter | inspect`, plus the subcommands other packages register under the
 `dataengine.commands` entry point group (this project's `finetune/`: demo, export-clip, finetune,
 bench), so that dataengine never imports them. Entry point `main(argv)` (tests call it in-process).
 
@@ -182,6 +182,22 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_filter(args: argparse.Namespace) -> int:
+    from .config import FilterConfig
+    from .postpass import filter_corpus
+
+    config = FilterConfig(corpus=args.corpus, out=args.out, noun_quantile=args.noun_quantile,
+                          max_pairs_per_noun=args.max_pairs_per_noun, progress=not args.no_progress)
+    manifest = filter_corpus(config, overwrite=args.overwrite)
+    dropped = {reason: count for reason, count in manifest["counts"]["reject_reasons"].items()
+               if reason in ("below_noun_quantile", "over_max_pairs_per_noun")}
+    print(f"\nkept {manifest['counts']['pairs']} of {manifest['filter']['corpus_pairs']} pairs ("
+          + (", ".join(f"{reason} {count}" for reason, count in dropped.items()) or "none dropped")
+          + f") -> {args.out}")
+    print(f"inspect with: {PROG} inspect {args.out}")
+    return 0
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -211,6 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--samples", type=_count, default=5, metavar="N", help="how many sample pairs (default: 5)")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(run=run_inspect)
+
+    post = commands.add_parser(
+        "filter", help="corpus-level filters of a mined corpus, into a new corpus",
+        description="The per-noun filters that need the whole corpus: --noun-quantile drops each noun's pairs below "
+                    "its own score quantile, then --max-pairs-per-noun keeps each noun's best N. Writes a corpus "
+                    "of the same layout (shards, index, rejects with a row per dropped pair, manifest).",
+        epilog="Rerunning the same command resumes it: finished shards are kept.")
+    post.add_argument("corpus", metavar="CORPUS", help="a finished corpus (the --out of dataengine mine)")
+    post.add_argument("--out", required=True, metavar="DIR", help="where the filtered corpus goes (a new folder)")
+    post.add_argument("--noun-quantile", type=float, metavar="Q", help="0 <= Q < 1: of its n pairs, each noun drops "
+                      "its floor(Q*n) lowest-scoring (default: off)")
+    post.add_argument("--max-pairs-per-noun", type=int, metavar="N", help="each noun keeps at most its N best-scoring "
+                      "pairs, ties broken by pair key (default: off)")
+    post.add_argument("--overwrite", action="store_true", help="replace a filtered corpus in --out written with other "
+                      "settings or from another corpus (only the files its run.json names are deleted)")
+    post.add_argument("--no-progress", action="store_true", help="no progress bar")
+    post.set_defaults(run=run_filter)
 
     for command in sorted(entry_points(group=COMMANDS_GROUP), key=lambda entry: entry.name):
         command.load()(commands)  # commands of other packages (finetune: demo, export-clip, finetune, bench)

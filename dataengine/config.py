@@ -268,6 +268,30 @@ class MineConfig:
         return dataclasses.asdict(self)
 
 
+@settings
+class FilterConfig:
+    """`dataengine filter`: the corpus-level post-pass over a finished corpus (dataengine/postpass.py)."""
+
+    corpus: str = ""  # a finished corpus (the --out of dataengine mine)
+    out: str = ""  # where the filtered corpus goes (same layout: shards, index, rejects, stats, manifest)
+    noun_quantile: float | None = None  # 0..1: each noun keeps its pairs above this quantile of its own scores
+    max_pairs_per_noun: int | None = None  # each noun keeps at most this many pairs, its best-scoring
+    progress: bool = True
+
+    def validate(self) -> FilterConfig:
+        if not self.corpus or not self.out:
+            raise ConfigError("filter: a corpus and an --out folder are required")
+        if Path(self.corpus).resolve() == Path(self.out).resolve():
+            raise ConfigError(f"--out: {self.out} is the corpus itself; write the filtered corpus to another folder")
+        if self.noun_quantile is None and self.max_pairs_per_noun is None:
+            raise ConfigError("filter: nothing to do: give --noun-quantile Q and/or --max-pairs-per-noun N")
+        if self.noun_quantile is not None:
+            _check_range("noun_quantile", self.noun_quantile, 0.0, 0.999999)
+        if self.max_pairs_per_noun is not None:
+            _check_positive("max_pairs_per_noun", self.max_pairs_per_noun)
+        return self
+
+
 def _check_range(name: str, value, low, high) -> None:
     if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{name}: must be a number in [{low}, {high}], got {value!r}")

@@ -104,7 +104,8 @@ def inspect_corpus(out: str | Path, top: int = 20, samples: int = 5, as_json: bo
         f"distinct nouns {summary['distinct_nouns']}  shards {summary['shards']}",
     ]
     if summary["models"]:
-        lines.append("  models " + "  ".join(f"{safe(k)}={safe(v)}" for k, v in dict(summary["models"]).items()))
+        lines.append("  models " + "  ".join(f"{safe(k)}={safe(v)}" for k, v in dict(summary["models"]).items()
+                                             if v is not None and k != "files_sha256"))
     for level, reasons in summary["rejects"].items():
         lines.append(f"  rejected {level}s: " + (", ".join(f"{safe(r)} {n}" for r, n in reasons.items()) or "none"))
     lines.append("  top nouns: " + ", ".join(f"{safe(noun)} {n}" for noun, n in summary["top_nouns"]))

@@ -70,8 +70,8 @@ def _outcome_settings(settings: dict) -> dict:
 def _comparable(job: dict) -> dict:
     """A recorded job as this version fingerprints it: a run.json written before a setting became
     execution-only still holds it, and resumes all the same."""
-    if not isinstance(job, dict) or not isinstance(job.get("settings"), dict):
-        return job
+    if not isinstance(job, dict) or not isinstance(job.get("settings"), dict) or "kind" in job:
+        return job  # "kind": a post-pass (dataengine filter), whose settings are not a mining run's
     settings = _with_defaults(_outcome_settings(json.loads(json.dumps(job["settings"]))),
                               _outcome_settings(MineConfig().to_dict()))
     return {**job, "settings": settings}
@@ -102,7 +102,10 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def shard_count(job: dict) -> int:
-    """How many shards the job writes, from its fingerprint (input samples, samples per shard)."""
+    """How many shards the job writes, from its fingerprint (input samples, samples per shard; a
+    post-pass names its count)."""
+    if "shards" in job:
+        return int(job["shards"])
     per_shard = job["settings"]["write"]["samples_per_shard"]
     return -(-int(job["input"]["samples"]) // int(per_shard))
 

@@ -79,6 +79,18 @@ def test_ray_output_equals_local_output(workers, coco_mini, reference, tmp_path)
     assert manifest["counts"]["images"] == 127 and manifest["stages"]["match"]["samples_in"] > 0
     check_corpus(Path(config.out), image_keys(coco_mini))
     assert_same_output(Path(config.out), reference)
+    assert_same_filtered_output(Path(config.out), reference, tmp_path)
+
+
+def assert_same_filtered_output(out: Path, reference: Path, tmp_path: Path) -> None:
+    """The corpus-level per-noun cap and quantile choose the same pairs whichever executor mined."""
+    from dataengine.config import FilterConfig
+    from dataengine.postpass import filter_corpus
+
+    for corpus, name in ((out, "filtered"), (reference, "filtered-reference")):
+        filter_corpus(FilterConfig(corpus=str(corpus), out=str(tmp_path / name), noun_quantile=0.3,
+                                   max_pairs_per_noun=2, progress=False))
+    assert_same_output(tmp_path / "filtered", tmp_path / "filtered-reference")
 
 
 def kill_tree(process: subprocess.Popen, temp_dir: str) -> None:

@@ -35,6 +35,10 @@ TRAIN_HELP = {
     "vocab_loss_weight": ("W", "weight of the vocabulary loss in clip+vocab"),
     "mask_repeated_nouns": (None, "count repeats of a noun in a batch as negatives (default: they are masked out)"),
     "learn_logit_scale": (None, "freeze the logit scale in full finetune (default: learned, capped at 100)"),
+    "balance": ("B", "none | sqrt | inverse: class-balanced sampling; a noun with a share f of the pairs under "
+                     "--balance-threshold t has its pairs repeated sqrt(t/f) or t/f times per epoch (LVIS's repeat "
+                     "factor sampling)"),
+    "balance_threshold": ("T", "share of the pairs under which a noun is repeated"),
     "shuffle_buffer": ("N", "samples in each loader worker's shuffle buffer"),
     "workers": ("N", "data loader processes"),
     "seed": ("N", "seed of data order and prompt initialisation"),

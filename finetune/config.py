@@ -10,6 +10,7 @@ from dataengine.registry import Registry
 
 MODES = {"mpt": ("mpt",), "ft": ("ft",), "ft+mpt": ("ft", "mpt")}  # a mode is its phases, in order
 PRECISIONS = ("auto", "fp32", "bf16")
+BALANCES = ("none", "sqrt", "inverse")
 PROTOCOLS = ("gt-masks", "two-stage")
 # Settings that may change between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = {"max_steps", "log_every", "checkpoint_every", "device", "progress"}
@@ -48,6 +49,8 @@ class TrainConfig:
     vocab_loss_weight: float = 1.0
     mask_repeated_nouns: bool = True  # a noun repeated in a batch is not a negative of itself
     learn_logit_scale: bool = True  # in full finetune (always frozen in MPT); capped at 100 either way
+    balance: str = "none"           # none | sqrt | inverse: repeat the pairs of rare nouns (repeat factor sampling)
+    balance_threshold: float = 0.01  # a noun with a smaller share of the pairs than this is repeated
     shuffle_buffer: int = 2000
     workers: int = 2                # data loader processes
     seed: int = 0
@@ -66,6 +69,10 @@ class TrainConfig:
             raise TrainConfigError(f"--mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
         if self.loss not in LOSSES:
             raise TrainConfigError(f"--loss: expected one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.balance not in BALANCES:
+            raise TrainConfigError(f"--balance: expected one of {', '.join(BALANCES)}, got {self.balance!r}")
+        if not (isinstance(self.balance_threshold, int | float) and 0 < self.balance_threshold <= 1):
+            raise TrainConfigError(f"--balance-threshold: a share of the pairs in (0, 1], got {self.balance_threshold}")
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("epochs", "batch_size", "accumulate", "prompt_depth", "checkpoint_every", "log_every"):
@@ -91,8 +98,8 @@ class TrainConfig:
 
     def differences(self, saved: dict) -> list[str]:
         """Settings that differ from a saved run's, other than those a resumption may change."""
-        return [f.name for f in fields(self)
-                if f.name not in RESUMABLE_CHANGES and saved.get(f.name) != getattr(self, f.name)]
+        return [f.name for f in fields(self)  # a setting added since the run was saved had its default then
+                if f.name not in RESUMABLE_CHANGES and saved.get(f.name, f.default) != getattr(self, f.name)]
 
 
 def _require(config: TrainConfig, name: str, test, expected: str) -> None:

@@ -23,7 +23,9 @@ import math
 import random
 import re
 import tarfile
+import sys
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,22 +70,50 @@ def is_pair(sample: dict) -> bool:
     return any(ext in sample for ext in PAIR_MEMBERS)
 
 
-def shard_pairs(shard: str) -> tuple[int, list[str]]:
-    """How many pairs a shard holds and the nouns among them: from the engine's parquet index when
-    there is one, else from the tar (a pair whose txt was lost counts, with no noun)."""
+def shard_pairs(shard: str) -> list[tuple[str, str | None]]:
+    """(key, noun) of every pair of a shard, from the engine's parquet index when there is one, else
+    from the tar (a pair whose txt was lost counts, with the noun None)."""
     index = _index_for(shard)
     if index.exists():
         import pyarrow.parquet as pq
 
-        nouns = [noun.strip() for noun in pq.read_table(index, columns=["noun"]).column("noun").to_pylist()]
-        return len(nouns), nouns
+        table = pq.read_table(index, columns=["key", "noun"])
+        return [(key, sys.intern(noun.strip())) for key, noun in
+                zip(table.column("key").to_pylist(), table.column("noun").to_pylist(), strict=True)]
     pairs = [sample for sample in read_shard(shard, {"txt"}) if is_pair(sample)]
-    return len(pairs), [s["txt"].decode("utf-8", errors="replace").strip() for s in pairs if "txt" in s]
+    return [(s["__key__"], _noun(s)) for s in pairs]
+
+
+def _noun(sample: dict) -> str | None:
+    return sys.intern(sample["txt"].decode("utf-8", errors="replace").strip()) if "txt" in sample else None
 
 
 def shard_nouns(shard: str) -> list[str]:
     """The noun of every pair of a shard whose noun is known."""
-    return shard_pairs(shard)[1]
+    return [noun for _, noun in shard_pairs(shard) if noun is not None]
+
+
+# ---------------------------------------------------------------- class balance
+
+def repeat_factors(nouns: Counter, balance: str, threshold: float) -> dict[str, float]:
+    """LVIS's repeat factor sampling (Gupta et al. 2019) over nouns: a noun whose share f of the pairs
+    is under `threshold` t has its pairs repeated r = sqrt(t / f) times (sqrt; LVIS's rule) or t / f
+    times (inverse) per epoch on average; every other noun, once."""
+    if balance == "none":
+        return {}
+    total = sum(nouns.values())
+    power = 0.5 if balance == "sqrt" else 1.0
+    return {noun: max(1.0, (threshold * total / count) ** power) for noun, count in nouns.items()}
+
+
+def repeats(key: str, factor: float, seed: int, epoch: int) -> int:
+    """How many times a pair comes in an epoch: floor(r), plus one with probability frac(r), drawn
+    from (seed, epoch, key) alone, so that counting an epoch and streaming it agree."""
+    whole = math.floor(factor)
+    fraction = factor - whole
+    if fraction <= 0:
+        return whole
+    return whole + int(zlib.crc32(f"{seed}-{epoch}-{key}".encode()) / 2**32 < fraction)
 
 
 def shard_has_masks(url: str) -> bool:
@@ -164,24 +194,35 @@ def _key_and_extension(member: tarfile.TarInfo) -> tuple[str, str] | None:
 
 @dataclass
 class Corpus:
-    """The shards of a training run, their sizes and the noun vocabulary."""
+    """The shards of a training run, their sizes and the noun vocabulary; with `balance`, the
+    (key, noun) of every pair, to count each epoch's repeats."""
 
     shards: list[str]
     counts: list[int]
     vocabulary: list[str]
+    pairs: list[list[tuple[str, str | None]]] | None = None
+    repeat: dict[str, float] = field(default_factory=dict)  # noun -> repeat factor (empty: no balance)
 
     @classmethod
-    def scan(cls, pattern) -> Corpus:
+    def scan(cls, pattern, balance: str = "none", threshold: float = 0.01) -> Corpus:
         shards = expand_shards(pattern)
         scanned = [shard_pairs(shard) for shard in shards]
-        vocabulary = sorted({noun for _, nouns in scanned for noun in nouns})
-        if not vocabulary:
+        nouns = Counter(noun for pairs in scanned for _, noun in pairs if noun is not None)
+        if not nouns:
             raise ShardError(f"--shards: {len(shards)} shard(s) but no pairs in them")
-        return cls(shards, [count for count, _ in scanned], vocabulary)
+        repeat = repeat_factors(nouns, balance, threshold)
+        return cls(shards, [len(pairs) for pairs in scanned], sorted(nouns), scanned if repeat else None, repeat)
 
     @property
     def size(self) -> int:
         return sum(self.counts)
+
+    def epoch_counts(self, seed: int, epoch: int) -> list[int]:
+        """Pairs per shard in this epoch, repeats included."""
+        if not self.repeat:
+            return self.counts
+        return [sum(repeats(key, self.repeat.get(noun, 1.0), seed, epoch) for key, noun in pairs)
+                for pairs in self.pairs]
 
 
 def deal_shards(shards: list, seed: int, epoch: int, workers: int) -> list[list]:
@@ -217,6 +258,7 @@ class PairStream(torch.utils.data.IterableDataset):
     shuffle_buffer: int = 2000
     skip: dict[int, int] = field(default_factory=dict)  # logical worker -> samples already consumed
     first_worker: int = 0
+    repeat: dict[str, float] = field(default_factory=dict)  # noun -> repeat factor (Corpus.repeat)
 
     def __post_init__(self):
         super().__init__()
@@ -232,6 +274,8 @@ class PairStream(torch.utils.data.IterableDataset):
             return
         # every pair, whole or damaged, as Corpus counts them; a damaged one is skipped and counted
         samples = (s for url in mine for s in read_shard(url) if is_pair(s))
+        if self.repeat:
+            samples = self._repeated(samples)
         if self.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed}-{self.epoch}-{worker}")
             samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
@@ -240,6 +284,13 @@ class PairStream(torch.utils.data.IterableDataset):
             decoded = [d for d in map(self._decode_or_skip, chunk) if d is not None]
             yield {**self._collate(decoded), "worker": worker, "samples": len(chunk),
                    "skipped": len(chunk) - len(decoded)}
+
+    def _repeated(self, samples: Iterator[dict]) -> Iterator[dict]:
+        """Each pair as many times as `repeats` says (before the shuffle: copies spread out)."""
+        for sample in samples:
+            factor = self.repeat.get(_noun(sample), 1.0)
+            for _ in range(repeats(sample["__key__"], factor, self.seed, self.epoch)):
+                yield sample
 
     def _decode_or_skip(self, sample: dict) -> dict | None:
         try:

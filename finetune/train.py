@@ -261,7 +261,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))  # pinned memory and autocast follow it
-        self.corpus = Corpus.scan(config.shards)
+        self.corpus = Corpus.scan(config.shards, config.balance, config.balance_threshold)
         self._check_resume(resume)
         self.clip = load_clip(config.clip, self.device, seed=config.seed)
         # the default depth is resolved against the tower before the settings are saved or compared,
@@ -326,13 +326,15 @@ class Trainer:
 
     def steps_in_phase(self) -> list[int]:
         config = self.config
-        return [math.ceil(batches_in_epoch(self.corpus.counts, config.seed, epoch, config.workers, config.batch_size)
+        return [math.ceil(batches_in_epoch(self.corpus.epoch_counts(config.seed, epoch), config.seed, epoch, config.workers,
+                                           config.batch_size)
                           / config.accumulate) for epoch in range(config.epochs)]
 
     def _stream(self, epoch: int, skip: dict, first_worker: int) -> PairStream:
         clip, config = self.clip, self.config
         return PairStream(self.corpus.shards, self.corpus.vocabulary, clip.image_size, clip.mean, clip.std,
-                          config.batch_size, config.seed, epoch, config.shuffle_buffer, skip, first_worker)
+                          config.batch_size, config.seed, epoch, config.shuffle_buffer, skip, first_worker,
+                          self.corpus.repeat)
 
     # ---- training
 

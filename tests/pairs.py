@@ -36,11 +36,12 @@ def _pair(noun: str, rng: np.random.Generator, size: int) -> tuple[bytes, bytes]
 
 
 def write_pair_shards(folder: Path, pairs: int = 48, per_shard: int = 16, seed: int = 0, size: int = 224,
-                      with_masks: bool = True) -> str:
-    """Writes folder/pairs-%06d.tar; returns a brace pattern of them."""
+                      with_masks: bool = True, nouns: list[str] | None = None) -> str:
+    """Writes folder/pairs-%06d.tar; returns a brace pattern of them. Pair i's noun is
+    nouns[i % len(nouns)] (default: the shapes in turn)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    nouns = list(SHAPES)
+    nouns = nouns or list(SHAPES)
     with wds.ShardWriter(str(folder / "pairs-%06d.tar"), maxcount=per_shard, verbose=0) as sink:
         for index in range(pairs):
             noun = nouns[index % len(nouns)]

@@ -123,7 +123,7 @@ def dotted_default(key: str, defaults: dict):
     return defaults
 
 
-def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
+def add_mine_arguments(parser: argparse.ArgumentParser, overwrite: bool = True) -> None:
     parser.add_argument("--config", metavar="YAML", help="pipeline YAML (a path, or a packaged name such as coco_captions); flags override it")
     defaults = MineConfig().to_dict()
     for flag in MINE_FLAGS:
@@ -136,10 +136,11 @@ def add_mine_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag.name, **kwargs)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any setting by its dotted name, e.g. --set proposals.classical.work_size=256 (repeatable)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace a corpus in --out that was mined with other settings (the same settings resume it); "
-                             "only the files its run.json names are deleted: anything else in shards/, index/, rejects/, "
-                             "stats/ is refused")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace a corpus in --out that was mined with other settings (the same settings resume it); "
+                                 "only the files its run.json names are deleted: anything else in shards/, index/, "
+                                 "rejects/, stats/ is refused")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

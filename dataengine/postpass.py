@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import ConfigError, FilterConfig
-from .output import OutputFolder
+from .output import RUN_FILE, OutputFolder
 from .reasons import BELOW_NOUN_QUANTILE, IMAGE_LEVEL, NO_PAIRS, NOUN_LEVEL, OVER_MAX_PAIRS_PER_NOUN
 from .schema import arrow_schema
 from .write import SHARD_INDEX, SHARD_REJECTS, SHARD_STATS, SHARD_TAR, CorpusWriter, Models
@@ -150,10 +150,11 @@ def _emptied_images(rows: list[dict], still_paired: set[str], removed: list[dict
 
 
 def filter_job(config: FilterConfig, corpus: Path, manifest: dict, version: str) -> dict:
-    """The fingerprint of a filter run: its settings and the corpus it reads (its manifest's digest)."""
+    """The fingerprint of a filter run: its settings and the corpus it reads, by the digest of the
+    corpus's run.json (its mining job's fingerprint: the manifest changes with wall times alone)."""
     return {"kind": "filter", "settings": {"noun_quantile": config.noun_quantile,
                                            "max_pairs_per_noun": config.max_pairs_per_noun},
-            "corpus": {"path": str(corpus.resolve()), "manifest_sha256": _sha256(corpus / "manifest.json")},
+            "corpus": {"path": str(corpus.resolve()), "job_sha256": _sha256(corpus / RUN_FILE)},
             "dataengine_version": version, "shards": len(manifest["shards"])}
 
 

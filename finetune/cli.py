@@ -1,4 +1,4 @@
-"""`dataengine demo | export-clip | finetune | bench` (also `python -m finetune.bench`), registered with the
+"""`dataengine demo | export-clip | finetune | loop | bench` (also `python -m finetune.bench`), registered with the
 `dataengine` command through the `dataengine.commands` entry point (see `register`)."""
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def register(commands) -> None:
     add_demo_parser(commands)
     add_export_parser(commands)
     add_finetune_parser(commands)
+    add_loop_parser(commands)
     add_bench_parser(commands)
 
 
@@ -168,6 +169,54 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"{phase['phase']}: {state} at step {phase['steps']}, last loss {phase['last_loss']:.4f}, "
               f"{phase['pairs_per_s']:.1f} pairs/s{skipped}")
     print(f"-> {args.out}")
+    return 0
+
+
+def add_loop_parser(commands) -> None:
+    from dataengine.cli import add_mine_arguments
+
+    parser = commands.add_parser(
+        "loop", help="rounds of mining and training: each round mines with the model the round before trained",
+        description="The model-in-the-loop engine. Round 1 mines the inputs with --clip and trains on the pairs; round "
+                    "r mines the same inputs with round r-1's adapted model (its weights and mask prompts) and trains "
+                    "again from --clip on the new pairs. Writes OUT/round-N/{corpus,filtered,train} and OUT/loop.json.",
+        epilog="Rerunning the same command resumes it: mining, filtering and training each continue where they "
+               "stopped. The mining flags are dataengine mine's; --out is the loop's folder.")
+    add_mine_arguments(parser, overwrite=False)
+    parser.add_argument("--rounds", type=int, default=2, metavar="N", help="rounds of mining and training (default: 2)")
+    parser.add_argument("--mode", default="mpt", choices=tuple(MODES), metavar="MODE",
+                        help=f"what each round trains: {' | '.join(MODES)} (default: mpt)")
+    parser.add_argument("--noun-quantile", type=float, metavar="Q", help="dataengine filter on each round's corpus: "
+                        "each noun drops its floor(Q*n) lowest-scoring pairs (default: off)")
+    parser.add_argument("--max-pairs-per-noun", type=int, metavar="N", help="dataengine filter on each round's corpus: "
+                        "each noun keeps its N best pairs (default: off)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dataengine finetune setting for every round's training, by name, e.g. --train-set "
+                             "epochs=3 (repeatable; see dataengine finetune --help)")
+    parser.set_defaults(run=run_loop_command)
+
+
+def run_loop_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from dataengine.cli import config_from_args
+
+    from .rounds import LoopSettings, run_rounds
+
+    mining = config_from_args(args)
+    if not mining.out:
+        raise ConfigError("loop: --out DIR is required (the loop's folder, one subfolder per round)")
+    values = {"shards": "-", "out": "-", "clip": mining.match.clip, "mode": args.mode, "progress": mining.progress}
+    for assignment in args.train_set:
+        key, sep, value = assignment.partition("=")
+        if not sep or key.strip() not in {item.name for item in fields(TrainConfig)}:
+            raise ConfigError(f"--train-set: expected KEY=VALUE with KEY a dataengine finetune setting, got {assignment!r}")
+        values[key.strip()] = yaml.safe_load(value)
+    record = run_rounds(LoopSettings(mining.out, args.rounds, args.noun_quantile, args.max_pairs_per_noun), mining,
+                        from_dict(TrainConfig, values))
+    for entry in record["rounds"]:
+        print(f"round {entry['round']}: {entry['pairs']} pairs mined with {entry['mined_with']} -> {entry['train']}")
+    print(f"-> {mining.out}/loop.json")
     return 0
 
 

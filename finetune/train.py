@@ -549,6 +549,14 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def check_run_folder(folder: Path) -> None:
+    """Refuse a folder holding anything a training run does not write, before a caller replaces it."""
+    from dataengine.photo_demo import check_own_folder
+
+    names = set(OUTPUT_FILES) | {f"{name}.tmp" for name in OUTPUT_FILES}
+    check_own_folder(folder, lambda name, path: name in names, set(OUTPUT_FOLDERS), "a training run")
+
+
 def check_out(out: Path) -> None:
     """--out is a folder, or nothing yet (it is made once the models have loaded)."""
     if out.exists() and not out.is_dir():

@@ -226,18 +226,17 @@ def _check_gt_shards(folder: Path) -> None:
     check_own_folder(folder, lambda name, path: bool(GT_SHARD.fullmatch(name)), what="a demo")
 
 
-def _check_run(folder: Path) -> None:
-    from ..train import OUTPUT_FILES, OUTPUT_FOLDERS
-
-    names = set(OUTPUT_FILES) | {f"{name}.tmp" for name in OUTPUT_FILES}
-    check_own_folder(folder, lambda name, path: name in names, set(OUTPUT_FOLDERS), "a training run")
-
-
 def _replace(folder: Path, check) -> None:
     """Delete a folder an earlier demo wrote, once `check` has found nothing else in it."""
     check(folder)
     if folder.exists():
         shutil.rmtree(folder)
+
+
+def check_run_folder(folder: Path) -> None:
+    from ..train import check_run_folder as check
+
+    check(folder)
 
 
 def check_loop_folder(config: LoopConfig) -> None:
@@ -260,7 +259,7 @@ def check_loop_folder(config: LoopConfig) -> None:
     if runs.is_symlink() or (runs.exists() and not runs.is_dir()):
         raise ConfigError(f"demo: {runs} is not the demo's folder of training runs; move it away or choose another --out")
     for mode in config.modes:
-        _check_run(runs / mode)
+        check_run_folder(runs / mode)
     report = out / REPORT
     if report.is_symlink() or (report.exists() and not _is_report(report)):
         raise ConfigError(f"demo: {report} is not a report the demo wrote; move it away or choose another --out")
@@ -278,7 +277,7 @@ def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str) 
     from ..config import TrainConfig
     from ..train import train
 
-    _replace(out, _check_run)
+    _replace(out, check_run_folder)
     train(TrainConfig(shards=shards, out=str(out), clip=clip, mode=mode, epochs=config.epochs,
                       batch_size=config.batch_size, mpt_lr=config.mpt_lr, ft_lr=config.ft_lr, workers=0,
                       prompt_depth=3, log_every=5, progress=config.progress, checkpoint_every=10**6))

@@ -108,8 +108,20 @@ def test_the_whole_loop_on_a_tiny_world(tmp_path):
     assert 0 <= report["proposal_recall"]["recall"] <= 100
     rows = report["mining"]["annotations"]["precision"]
     assert rows[0]["filter"] == "all pairs" and rows[0]["pairs"] == report["mining"]["annotations"]["pairs"]
+    labels = {"pretrained", "mpt", "mpt/mutual_best", "ft-gt"}
     for key in ("gt_masks", "two_stage"):
-        assert set(report[key]["models"]) == {"pretrained", "mpt", "ft-gt"}
+        assert set(report[key]["models"]) == labels
+    assert [(row["proposals"], row["filter"]) for row in report["pairs"]] == [
+        (p, f) for p in ("annotations", "classical") for f in ("none", "mutual_best")]
+    for row in report["pairs"]:  # the documented keys of world_report.json
+        assert {"pairs", "yield", "precision", "pairs_things", "precision_things", "pairs_stuff",
+                "precision_stuff"} <= set(row)
+    assert report["pairs"][0]["yield"] == 100.0 and report["pairs"][1]["pairs"] <= report["pairs"][0]["pairs"]
+    assert set(report["models"]) == labels
+    for summary in report["models"].values():
+        for key in ("masked_region_accuracy", "mIoU"):
+            assert set(summary[key]) == {"all", "things", "stuff", "seen", "unseen"}
+    assert report["models"]["mpt/mutual_best"]["trained_on"] == {"proposals": "annotations", "filter": "mutual_best"}
     assert "unseen" in format_report(report)
     assert (tmp_path / "loop" / "world_report.json").exists()
 

@@ -48,6 +48,15 @@ def world_spec() -> str:
     return f"{MODEL}@{WEIGHTS}"
 
 
+def training_seeds(log: Path = WEIGHTS.parent / "train_log.json") -> set[int]:
+    """The world seeds whose scenes the committed weights were trained on (every run of train_log.json)."""
+    seeds, entry = set(), json.loads(log.read_text())
+    while isinstance(entry, dict):
+        seeds.add(int(entry["settings"]["seed"]))
+        entry = entry.get("continues")
+    return seeds
+
+
 def load_scenes(split: Path) -> tuple[torch.Tensor, list[list[str]]]:
     """All images of a world split as a uint8 (N, 3, S, S) tensor, and each image's captions."""
     from PIL import Image

@@ -15,21 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .loop import mine_split, pair_precision
+from .loop import FILTERS, mine_split, pair_precision
 from .scenes import generate_world
-
-# name -> match settings; each a filter of dataengine.match, alone or combined
-FILTERS: dict[str, dict] = {
-    "none": {},
-    "min_mentions 2": {"min_mentions": 2},
-    "mutual_best": {"mutual_best": True},
-    "vocabulary top-1": {"vocabulary": "corpus", "vocabulary_top_k": 1},
-    "vocabulary top-3": {"vocabulary": "corpus", "vocabulary_top_k": 3},
-    "mutual_best + vocabulary top-1": {"mutual_best": True, "vocabulary": "corpus", "vocabulary_top_k": 1},
-    "mutual_best + min_mentions 2": {"mutual_best": True, "min_mentions": 2},
-    "all three (top-1)": {"mutual_best": True, "min_mentions": 2, "vocabulary": "corpus", "vocabulary_top_k": 1},
-}
-
 
 def measure(out: Path, scenes: int, seed: int, proposals: list[str], clip: str, progress: bool) -> list[dict]:
     world = out / "world"

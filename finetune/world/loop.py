@@ -29,6 +29,19 @@ from .scenes import STUFF, THINGS, UNSEEN, generate_world
 
 log = logging.getLogger(__name__)
 SEEN = tuple(n for n in THINGS + STUFF if n not in UNSEEN)
+GROUPS = (("things", THINGS), ("stuff", STUFF), ("seen", SEEN), ("unseen", UNSEEN))
+
+# name -> match settings; each a filter of dataengine.match, alone or combined
+FILTERS: dict[str, dict] = {
+    "none": {},
+    "min_mentions 2": {"min_mentions": 2},
+    "mutual_best": {"mutual_best": True},
+    "vocabulary top-1": {"vocabulary": "corpus", "vocabulary_top_k": 1},
+    "vocabulary top-3": {"vocabulary": "corpus", "vocabulary_top_k": 3},
+    "mutual_best + vocabulary top-1": {"mutual_best": True, "vocabulary": "corpus", "vocabulary_top_k": 1},
+    "mutual_best + min_mentions 2": {"mutual_best": True, "min_mentions": 2},
+    "all three (top-1)": {"mutual_best": True, "min_mentions": 2, "vocabulary": "corpus", "vocabulary_top_k": 1},
+}
 
 
 @dataclass
@@ -39,6 +52,7 @@ class LoopConfig:
     seed: int = 1  # the small CLIP was trained on the world of seed 0: these scenes are new to it
     clip: str = ""  # default: the committed small CLIP
     proposals: tuple[str, ...] = ("annotations",)
+    filters: tuple[str, ...] = ("mutual_best",)  # match filters (FILTERS) mined besides none; each trained on too
     modes: tuple[str, ...] = ("mpt",)  # of: mpt, ft, ft+mpt, ft-gt (finetune on ground-truth pairs)
     epochs: int = 6
     batch_size: int = 64
@@ -50,14 +64,14 @@ class LoopConfig:
     progress: bool = True
 
 
-def small_config(out: str, progress: bool = True) -> LoopConfig:
+def small_config(out: str, progress: bool = True, seed: int = 1) -> LoopConfig:
     """`dataengine demo`: a few minutes on a laptop CPU."""
-    return LoopConfig(out=out, progress=progress)
+    return LoopConfig(out=out, progress=progress, seed=seed)
 
 
-def full_config(out: str, progress: bool = True) -> LoopConfig:
+def full_config(out: str, progress: bool = True, seed: int = 1) -> LoopConfig:
     """`dataengine demo --full`: the README's table."""
-    return LoopConfig(out=out, train_scenes=800, heldout_scenes=200, proposals=("annotations", "classical"),
+    return LoopConfig(out=out, train_scenes=800, heldout_scenes=200, seed=seed, proposals=("annotations", "classical"),
                       modes=("mpt", "ft", "ft+mpt", "ft-gt"), score_thresholds=(0.2, 0.25, 0.3),
                       margin_thresholds=(0.02, 0.05, 0.1), executor="ray", progress=progress)
 
@@ -162,18 +176,24 @@ def pct(part: int, whole: int) -> float | None:
 # ---------------------------------------------------------------- the loop
 
 
-def mine_split(split: Path, out: Path, proposals: str, clip: str, executor: str, progress: bool,
-               match: dict | None = None) -> dict:
-    """Mine a world split; `match`: further match settings (the precision filters)."""
+def mining_config(split: Path, out: Path, proposals: str, clip: str, executor: str, progress: bool,
+                  match: dict | None = None):
+    """The MineConfig of a world split; `match`: further match settings (the precision filters)."""
     from dataengine.config import MineConfig, from_dict
-    from dataengine.pipeline import mine
 
-    config = from_dict(MineConfig, {
+    return from_dict(MineConfig, {
         "source": {"type": "coco", "images": str(split / "images"), "captions": str(split / "captions.json"),
                    "instances": str(split / "instances.json")},
         "proposals": {"generator": proposals}, "match": {"clip": clip, **(match or {})}, "out": str(out),
         "executor": executor, "progress": progress, "device": "auto"})
-    return mine(config, overwrite=True)
+
+
+def mine_split(split: Path, out: Path, proposals: str, clip: str, executor: str, progress: bool,
+               match: dict | None = None) -> dict:
+    """Mine a world split (replacing what an earlier run mined into `out`)."""
+    from dataengine.pipeline import mine
+
+    return mine(mining_config(split, out, proposals, clip, executor, progress, match), overwrite=True)
 
 
 GT_JPEG_QUALITY = 95
@@ -239,6 +259,27 @@ def check_run_folder(folder: Path) -> None:
     check(folder)
 
 
+def corpus_name(proposals: str, filter_name: str = "none") -> str:
+    """OUT/<this>: the corpus mined with a proposal generator and a match filter (FILTERS)."""
+    suffix = "" if filter_name == "none" else "-" + re.sub(r"[^a-z0-9]+", "_", filter_name).strip("_")
+    return f"corpus-{proposals}{suffix}"
+
+
+def run_label(mode: str, filter_name: str = "none") -> str:
+    """A trained model's label (and OUT/runs/<label with / as __>): its mode, and its filter if any."""
+    return mode if filter_name == "none" or mode == "ft-gt" else f"{mode}/{filter_name}"
+
+
+def training_runs(config: LoopConfig) -> list[tuple[str, str, str]]:
+    """(label, mode, filter) of every run the loop trains: each mode on the first generator's pairs,
+    unfiltered and with each filter (ft-gt once: its pairs are the ground truth)."""
+    runs = []
+    for mode in config.modes:
+        for filter_name in ("none",) if mode == "ft-gt" else ("none", *config.filters):
+            runs.append((run_label(mode, filter_name), mode, filter_name))
+    return runs
+
+
 def check_loop_folder(config: LoopConfig) -> None:
     """Everything the loop will replace in OUT is checked before anything is written: its world,
     corpora (the mining run's own rule), ground-truth shards, training runs and report."""
@@ -247,19 +288,23 @@ def check_loop_folder(config: LoopConfig) -> None:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, not a folder")
+    unknown = [name for name in config.filters if name not in FILTERS or name == "none"]
+    if unknown:
+        raise ConfigError(f"demo: unknown filter {unknown[0]!r} (one of {', '.join(list(FILTERS)[1:])})")
     _check_world(out / "world")
     for proposals in config.proposals:
-        corpus = out / f"corpus-{proposals}"
-        if corpus.is_symlink() or (corpus.exists() and not corpus.is_dir()):
-            raise ConfigError(f"demo: {corpus} is not a corpus folder; move it away or choose another --out")
-        OutputFolder(corpus).check_overwrite()
+        for filter_name in ("none", *config.filters):
+            corpus = out / corpus_name(proposals, filter_name)
+            if corpus.is_symlink() or (corpus.exists() and not corpus.is_dir()):
+                raise ConfigError(f"demo: {corpus} is not a corpus folder; move it away or choose another --out")
+            OutputFolder(corpus).check_overwrite()
     if "ft-gt" in config.modes:
         _check_gt_shards(out / "gt-shards")
     runs = out / "runs"
     if runs.is_symlink() or (runs.exists() and not runs.is_dir()):
         raise ConfigError(f"demo: {runs} is not the demo's folder of training runs; move it away or choose another --out")
-    for mode in config.modes:
-        check_run_folder(runs / mode)
+    for label, _, _ in training_runs(config):
+        check_run_folder(runs / label.replace("/", "__"))
     report = out / REPORT
     if report.is_symlink() or (report.exists() and not _is_report(report)):
         raise ConfigError(f"demo: {report} is not a report the demo wrote; move it away or choose another --out")
@@ -273,14 +318,20 @@ def _is_report(path: Path) -> bool:
     return isinstance(report, dict) and {"world", "clip", "nouns"} <= set(report)
 
 
-def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str) -> Path:
+def training_config(shards: str, mode: str, out: Path, config: LoopConfig, clip: str):
+    """The demo's training settings (the same budget for every mode and corpus)."""
     from ..config import TrainConfig
+
+    return TrainConfig(shards=shards, out=str(out), clip=clip, mode=mode, epochs=config.epochs,
+                       batch_size=config.batch_size, mpt_lr=config.mpt_lr, ft_lr=config.ft_lr, workers=0,
+                       prompt_depth=3, log_every=5, progress=config.progress, checkpoint_every=10**6)
+
+
+def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str) -> Path:
     from ..train import train
 
     _replace(out, check_run_folder)
-    train(TrainConfig(shards=shards, out=str(out), clip=clip, mode=mode, epochs=config.epochs,
-                      batch_size=config.batch_size, mpt_lr=config.mpt_lr, ft_lr=config.ft_lr, workers=0,
-                      prompt_depth=3, log_every=5, progress=config.progress, checkpoint_every=10**6))
+    train(training_config(shards, mode, out, config, clip))
     return out
 
 
@@ -300,7 +351,7 @@ def evaluate(heldout: Path, models: list, protocol: str, progress: bool) -> dict
     report = Benchmark(BenchConfig("world", str(heldout), protocol, "classical", device=device,
                                    progress=progress), models).run()
     for result in report["models"].values():
-        for group, names in (("things", THINGS), ("stuff", STUFF), ("seen", SEEN), ("unseen", UNSEEN)):
+        for group, names in GROUPS:
             ious = [result["per_class_iou"][n] for n in names if n in result["per_class_iou"]]
             result[f"mIoU_{group}"] = round(float(np.mean(ious)), 2) if ious else None
             if "per_class_regions" in result:  # region-level, like the overall accuracy
@@ -309,10 +360,13 @@ def evaluate(heldout: Path, models: list, protocol: str, progress: bool) -> dict
 
 
 def run_loop(config: LoopConfig) -> dict:
-    from .clip import world_spec
+    from .clip import training_seeds, world_spec
 
     out = Path(config.out)
     clip = config.clip or world_spec()
+    if not config.clip and config.seed in training_seeds():
+        log.warning("seed %d: the committed world CLIP was trained on this seed's scenes (seeds %s); the figures "
+                    "are not held-out ones: choose another --seed", config.seed, sorted(training_seeds()))
     check_loop_folder(config)
     world = out / "world"
     _replace(world, _check_world)
@@ -320,33 +374,68 @@ def run_loop(config: LoopConfig) -> dict:
                    heldout=config.heldout_scenes / (config.train_scenes + config.heldout_scenes))
     train_split, heldout = world / "train", world / "heldout"
     report: dict = {"world": {"train": config.train_scenes, "heldout": config.heldout_scenes, "seed": config.seed},
-                    "clip": clip, "nouns": noun_extraction(train_split), "mining": {}}
-    corpora = {}
-    for proposals in config.proposals:
-        corpus = out / f"corpus-{proposals}"
-        manifest = mine_split(train_split, corpus, proposals, clip, config.executor, config.progress)
-        corpora[proposals] = corpus
-        report["mining"][proposals] = {"pairs": manifest["counts"]["pairs"],
-                                       "precision": pair_precision(corpus, train_split, config.score_thresholds,
-                                                                   config.margin_thresholds)}
+                    "clip": clip, "nouns": noun_extraction(train_split), "mining": {}, "pairs": []}
+    corpora = mine_corpora(config, clip, train_split, report)
     if "classical" in config.proposals:
         report["proposal_recall"] = proposal_recall(heldout, "classical")
-    shards = str(corpora[config.proposals[0]] / "shards")
-    runs = {"pretrained": clip}
-    for mode in config.modes:
+    runs, trained_on = {"pretrained": clip}, {"pretrained": None}
+    for label, mode, filter_name in training_runs(config):
+        folder = out / "runs" / label.replace("/", "__")
         if mode == "ft-gt":
             _replace(out / "gt-shards", _check_gt_shards)
-            gt = ground_truth_shards(train_split, out / "gt-shards", clip)
-            runs[mode] = str(train_run(gt, "ft", out / "runs" / mode, config, clip))
+            shards = ground_truth_shards(train_split, out / "gt-shards", clip)
+            runs[label], trained_on[label] = str(train_run(shards, "ft", folder, config, clip)), "ground truth"
         else:
-            runs[mode] = str(train_run(shards, mode, out / "runs" / mode, config, clip))
+            corpus = corpora[(config.proposals[0], filter_name)]
+            runs[label] = str(train_run(str(corpus / "shards"), mode, folder, config, clip))
+            trained_on[label] = {"proposals": config.proposals[0], "filter": filter_name}
     models = load_models(runs)  # once, for both protocols (their class embeddings are cached too)
     report["gt_masks"] = evaluate(heldout, models, "gt-masks", config.progress)
     if "classical" in config.proposals:
         report["two_stage"] = evaluate(heldout, models, "two-stage", config.progress)
+    report["models"] = model_summaries(report, trained_on)
     (out / f"{REPORT}.tmp").write_text(json.dumps(report, indent=2))
     os.replace(out / f"{REPORT}.tmp", out / REPORT)
     return report
+
+
+def mine_corpora(config: LoopConfig, clip: str, split: Path, report: dict) -> dict[tuple[str, str], Path]:
+    """Every (proposals, filter) corpus, with its row of report["pairs"]; report["mining"] keeps the
+    score and margin thresholds of the unfiltered ones."""
+    corpora = {}
+    for proposals in config.proposals:
+        unfiltered = None
+        for filter_name in ("none", *config.filters):
+            corpus = Path(config.out) / corpus_name(proposals, filter_name)
+            manifest = mine_split(split, corpus, proposals, clip, config.executor, config.progress,
+                                  FILTERS[filter_name])
+            corpora[(proposals, filter_name)] = corpus
+            rows = pair_precision(corpus, split, *((config.score_thresholds, config.margin_thresholds)
+                                                   if filter_name == "none" else ((), ())))
+            if filter_name == "none":
+                unfiltered = manifest["counts"]["pairs"]
+                report["mining"][proposals] = {"pairs": unfiltered, "precision": rows}
+            row = {key: value for key, value in rows[0].items() if key != "filter"}
+            report["pairs"].append({"proposals": proposals, "filter": filter_name, "settings": FILTERS[filter_name],
+                                    "yield": pct(row["pairs"], unfiltered), **row})
+    return corpora
+
+
+def model_summaries(report: dict, trained_on: dict) -> dict:
+    """report["models"]: per model what it trained on, its masked-region accuracy and (with classical
+    proposals) its two-stage mIoU, each overall and for things, stuff, seen and unseen nouns."""
+    summaries = {}
+    for label, source in trained_on.items():
+        regions = report["gt_masks"]["models"][label]
+        summary = {"trained_on": source,
+                   "masked_region_accuracy": {"all": round(regions["region_accuracy"], 2),
+                                              **{group: regions[f"accuracy_{group}"] for group, _ in GROUPS}},
+                   "mIoU": None}
+        if "two_stage" in report:
+            miou = report["two_stage"]["models"][label]
+            summary["mIoU"] = {"all": round(miou["mIoU"], 2), **{group: miou[f"mIoU_{group}"] for group, _ in GROUPS}}
+        summaries[label] = summary
+    return summaries
 
 
 def format_report(report: dict) -> str:
@@ -359,22 +448,27 @@ def format_report(report: dict) -> str:
         recall = report["proposal_recall"]
         lines.append(f"classical proposal recall (IoU >= 0.5): {recall['recall']}% of {recall['instances']} instances")
     for proposals, mined in report["mining"].items():
-        for row in mined["precision"]:
-            lines.append(f"pair precision, {proposals} proposals, {row['filter']}: {row['precision']}% of {row['pairs']} "
-                         f"pairs (things {row['precision_things']}% of {row['pairs_things']}, "
-                         f"stuff {row['precision_stuff']}% of {row['pairs_stuff']})")
-    for key, title in (("gt_masks", "masked-region accuracy (ground-truth masks)"), ("two_stage", "two-stage mIoU")):
-        if key not in report:
+        for row in mined["precision"][1:]:  # the score and margin thresholds of the unfiltered pairs
+            lines.append(f"pair precision, {proposals} proposals, {row['filter']}: {_pairs(row)}")
+    lines.append("\npairs mined (precision: the mask overlaps an instance of the noun at IoU >= 0.5):")
+    for row in report["pairs"]:
+        lines.append(f"  {row['proposals']:<12}{row['filter']:<14}{_pairs(row)}, yield {_fmt(row['yield'])}%")
+    groups = ("things", "stuff", "seen", "unseen")
+    for key, title in (("masked_region_accuracy", "masked-region accuracy (ground-truth masks)"),
+                       ("mIoU", "two-stage mIoU")):
+        if all(summary[key] is None for summary in report["models"].values()):
             continue
         lines.append(f"\n{title} on held-out scenes:")
-        groups = ("things", "stuff", "seen", "unseen")
-        lines.append(f"{'model':<12} {'all':>8}" + "".join(f" {group:>8}" for group in groups))
-        for label, result in report[key]["models"].items():
-            metric = "accuracy" if key == "gt_masks" else "mIoU"
-            overall = result["region_accuracy"] if key == "gt_masks" else result["mIoU"]
-            lines.append(f"{label:<12} {_fmt(overall):>8}" +
-                         "".join(f" {_fmt(result.get(f'{metric}_{group}')):>8}" for group in groups))
+        lines.append(f"{'model':<18} {'all':>8}" + "".join(f" {group:>8}" for group in groups))
+        for label, summary in report["models"].items():
+            figures = summary[key]
+            lines.append(f"{label:<18} {_fmt(figures['all']):>8}" + "".join(f" {_fmt(figures[g]):>8}" for g in groups))
     return "\n".join(lines)
+
+
+def _pairs(row: dict) -> str:
+    return (f"{row['precision']}% of {row['pairs']} pairs (things {row['precision_things']}% of {row['pairs_things']}, "
+            f"stuff {row['precision_stuff']}% of {row['pairs_stuff']})")
 
 
 def _fmt(value) -> str:

@@ -121,7 +121,8 @@ def test_the_whole_loop_on_a_tiny_world(tmp_path):
     for summary in report["models"].values():
         for key in ("masked_region_accuracy", "mIoU"):
             assert set(summary[key]) == {"all", "things", "stuff", "seen", "unseen"}
-    assert report["models"]["mpt/mutual_best"]["trained_on"] == {"proposals": "annotations", "filter": "mutual_best"}
+    trained_on = report["models"]["mpt/mutual_best"]["trained_on"]
+    assert trained_on["filter"] == "mutual_best" and trained_on["epochs"] >= report["models"]["mpt"]["trained_on"]["epochs"]
     assert "unseen" in format_report(report)
     assert (tmp_path / "loop" / "world_report.json").exists()
 
@@ -281,3 +282,23 @@ def test_the_precision_filters_reject_with_their_own_reasons_and_the_corpus_voca
     recorded = json.loads((tmp_path / "corpus" / "run.json").read_text())
     assert manifest["config"]["match"]["vocabulary_words"] == expected
     assert recorded["job"]["settings"]["match"]["vocabulary_words"] == expected  # part of the fingerprint
+
+
+def test_the_loop_and_the_scaling_run_in_a_tiny_world(tmp_path):
+    """The world's loop figures per round, and the data-scaling table, on a few scenes."""
+    from finetune.world import rounds, scaling
+
+    assert rounds.main(["--out", str(tmp_path / "rounds"), "--scenes", "12", "--rounds", "2", "--filter",
+                        "mutual_best", "--no-progress"]) == 0
+    result = json.loads((tmp_path / "rounds" / "rounds.json").read_text())
+    first, second = result["rounds"]
+    assert second["mined_with"] == first["train"] and set(result["pretrained"]) == set(rounds.ACCURACY_KEYS)
+    for entry in (first, second):
+        assert entry["mined_precision"]["pairs"] == entry["pairs"] > 0
+        assert set(entry["masked_region_accuracy"]) == set(rounds.ACCURACY_KEYS)
+
+    assert scaling.main(["--out", str(tmp_path / "scaling"), "--sizes", "6", "12", "--heldout", "6",
+                         "--no-progress"]) == 0
+    table = json.loads((tmp_path / "scaling" / "scaling.json").read_text())
+    assert [size["scenes"] for size in table["sizes"]] == [6, 12]
+    assert table["sizes"][0]["pairs"] < table["sizes"][1]["pairs"]  # the larger world begins with the smaller one

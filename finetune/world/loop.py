@@ -318,21 +318,28 @@ def _is_report(path: Path) -> bool:
     return isinstance(report, dict) and {"world", "clip", "nouns"} <= set(report)
 
 
-def training_config(shards: str, mode: str, out: Path, config: LoopConfig, clip: str):
-    """The demo's training settings (the same budget for every mode and corpus)."""
+def training_config(shards: str, mode: str, out: Path, config: LoopConfig, clip: str, epochs: int | None = None):
+    """The demo's training settings (`epochs`: instead of config.epochs, to give a smaller corpus the
+    same number of steps)."""
     from ..config import TrainConfig
 
-    return TrainConfig(shards=shards, out=str(out), clip=clip, mode=mode, epochs=config.epochs,
+    return TrainConfig(shards=shards, out=str(out), clip=clip, mode=mode, epochs=epochs or config.epochs,
                        batch_size=config.batch_size, mpt_lr=config.mpt_lr, ft_lr=config.ft_lr, workers=0,
                        prompt_depth=3, log_every=5, progress=config.progress, checkpoint_every=10**6)
 
 
-def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str) -> Path:
+def train_run(shards: str, mode: str, out: Path, config: LoopConfig, clip: str, epochs: int | None = None) -> Path:
     from ..train import train
 
     _replace(out, check_run_folder)
-    train(training_config(shards, mode, out, config, clip))
+    train(training_config(shards, mode, out, config, clip, epochs))
     return out
+
+
+def equal_budget_epochs(config: LoopConfig, pairs: int, unfiltered: int) -> int:
+    """Epochs that give `pairs` pairs the training budget (pairs seen, so steps) of config.epochs
+    over the unfiltered corpus: filters are compared at the same budget, not the same epochs."""
+    return max(1, round(config.epochs * unfiltered / pairs)) if pairs else config.epochs
 
 
 def load_models(runs: dict[str, str]) -> list:
@@ -387,8 +394,10 @@ def run_loop(config: LoopConfig) -> dict:
             runs[label], trained_on[label] = str(train_run(shards, "ft", folder, config, clip)), "ground truth"
         else:
             corpus = corpora[(config.proposals[0], filter_name)]
-            runs[label] = str(train_run(str(corpus / "shards"), mode, folder, config, clip))
-            trained_on[label] = {"proposals": config.proposals[0], "filter": filter_name}
+            pairs = [row["pairs"] for row in report["pairs"] if row["proposals"] == config.proposals[0]]
+            epochs = equal_budget_epochs(config, pairs[list(("none", *config.filters)).index(filter_name)], pairs[0])
+            runs[label] = str(train_run(str(corpus / "shards"), mode, folder, config, clip, epochs))
+            trained_on[label] = {"proposals": config.proposals[0], "filter": filter_name, "epochs": epochs}
     models = load_models(runs)  # once, for both protocols (their class embeddings are cached too)
     report["gt_masks"] = evaluate(heldout, models, "gt-masks", config.progress)
     if "classical" in config.proposals:

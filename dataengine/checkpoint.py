@@ -4,6 +4,7 @@ Whatever is wrong with such a file is a one-line `ConfigError` that names it."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 import zipfile
@@ -13,6 +14,14 @@ from .config import ConfigError
 
 REFUSED = ("it holds objects other than tensors and plain containers, and unpickling them could run code: "
            "refused (only load files you trust, saved with torch.save of tensors)")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_tensors(path: str | Path, what: str, map_location="cpu", mmap: bool = False):

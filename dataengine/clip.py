@@ -5,7 +5,6 @@ tests and demos), and a per-run cache of prompt-ensembled noun embeddings."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import warnings
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .checkpoint import load_state_dict
+from .checkpoint import file_sha256, load_state_dict
 from .config import ConfigError
 from .hub import hub_access
 
@@ -141,15 +140,7 @@ class FinetuneRun:
         name, weights = parse_clip_spec(self.spec)
         if weights and Path(weights).parent == Path(self.folder):
             files.append(weights)
-        return {Path(path).name: _sha256(path) for path in sorted(files)}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return {Path(path).name: file_sha256(path) for path in sorted(files)}
 
 
 def finetune_run(spec: str, flag: str = "--clip") -> FinetuneRun | None:
@@ -176,12 +167,13 @@ def finetune_run(spec: str, flag: str = "--clip") -> FinetuneRun | None:
     return FinetuneRun(str(folder), spec, str(prompts) if prompts.exists() else None, int(config.get("seed", 0)))
 
 
-def load_adapted_clip(spec: str, device: str = "cpu", seed: int = 0, prompts: str | None = None) -> ClipModel:
+def load_adapted_clip(spec: str, device: str = "cpu", seed: int = 0, prompts: str | None = None,
+                      flag: str = "--clip") -> ClipModel:
     """`load_clip`, and also a finetune output folder: its weights, with its mask prompts applied
-    to every region (`prompts`: a prompt file to use instead of, or besides, the folder's)."""
+    to every region (`prompts`: a prompt file to use instead of the folder's)."""
     from .prompts import wrap_with_prompts
 
-    run = finetune_run(spec)
+    run = finetune_run(spec, flag)
     if run is not None:
         spec, prompts, seed = run.spec, prompts or run.prompts, run.seed
     clip = load_clip(spec, device, seed=seed)

@@ -18,7 +18,6 @@ the finished shards; other settings into the same --out need --overwrite.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tarfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .checkpoint import file_sha256
 from .config import ConfigError, FilterConfig
 from .output import RUN_FILE, OutputFolder
 from .reasons import BELOW_NOUN_QUANTILE, IMAGE_LEVEL, NO_PAIRS, NOUN_LEVEL, OVER_MAX_PAIRS_PER_NOUN
@@ -70,10 +70,6 @@ def decide(table: pa.Table, config: FilterConfig) -> dict[str, tuple[str, str]]:
                 dropped[keys[row]] = (OVER_MAX_PAIRS_PER_NOUN, f"score {scores[row]:.4f}: {noun!r} keeps its "
                                       f"{config.max_pairs_per_noun} best pairs")
     return dropped
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class FilteredWriter(CorpusWriter):
@@ -154,7 +150,7 @@ def filter_job(config: FilterConfig, corpus: Path, manifest: dict, version: str)
     corpus's run.json (its mining job's fingerprint: the manifest changes with wall times alone)."""
     return {"kind": "filter", "settings": {"noun_quantile": config.noun_quantile,
                                            "max_pairs_per_noun": config.max_pairs_per_noun},
-            "corpus": {"path": str(corpus.resolve()), "job_sha256": _sha256(corpus / RUN_FILE)},
+            "corpus": {"path": str(corpus.resolve()), "job_sha256": file_sha256(corpus / RUN_FILE)},
             "dataengine_version": version, "shards": len(manifest["shards"])}
 
 

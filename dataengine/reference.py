@@ -22,8 +22,8 @@ def reference_similarity(clip: ClipModel, nouns: NounEmbeddings, image: np.ndarr
     std = torch.tensor(clip.std)[:, None, None]
     rows = []
     for mask, box in zip(masks, proposals.boxes_xywh, strict=True):
-        crop, _ = prepare_region_pil(picture, mask, box, clip.image_size, clip.fill_rgb)
+        crop, crop_mask = prepare_region_pil(picture, mask, box, clip.image_size, clip.fill_rgb)
         pixels = (torch.from_numpy(crop.copy()).permute(2, 0, 1).float() / 255.0 - mean) / std
-        feature = clip.encode_images(pixels[None])[0].cpu()
+        feature = clip.encode_regions(pixels[None], torch.from_numpy(crop_mask)[None])[0].cpu()  # with its prompts, if any
         rows.append((feature @ text.T).numpy())
     return np.stack(rows) if rows else np.zeros((0, len(noun_names)))

@@ -75,8 +75,8 @@ def add_demo_parser(commands) -> None:
                       help="the full table: a larger world, annotation and classical proposals, score and margin "
                            "filters, MPT, finetune, finetune+MPT and finetune on ground-truth pairs (tens of minutes)")
     demo.add_argument("--seed", type=int, default=1, metavar="S",
-                      help="seed of the world's scenes (default: 1; the committed CLIP never saw the scenes of any "
-                           "seed but 0, 2 and 3, which it was trained on)")
+                      help="seed of the world's scenes (default: 1; choose one the committed CLIP was not trained on: "
+                           "the demo warns otherwise)")
     demo.add_argument("--photos", action="store_true",
                       help="instead: mine scikit-image's bundled photos with the tiny seeded CLIP (the machinery only)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -199,6 +199,9 @@ def add_loop_parser(commands) -> None:
     parser.set_defaults(run=run_loop_command)
 
 
+LOOP_OWNS = {"shards": "each round's corpus", "out": "OUT/round-N/train", "clip": "--clip", "mode": "--mode"}
+
+
 def run_loop_command(args: argparse.Namespace) -> int:
     import yaml
 
@@ -214,6 +217,8 @@ def run_loop_command(args: argparse.Namespace) -> int:
         key, sep, value = assignment.partition("=")
         if not sep or key.strip() not in {item.name for item in fields(TrainConfig)}:
             raise ConfigError(f"--train-set: expected KEY=VALUE with KEY a dataengine finetune setting, got {assignment!r}")
+        if key.strip() in LOOP_OWNS:
+            raise ConfigError(f"--train-set {key.strip()}: the loop sets it ({LOOP_OWNS[key.strip()]})")
         values[key.strip()] = yaml.safe_load(value)
     record = run_rounds(LoopSettings(mining.out, args.rounds, args.noun_quantile, args.max_pairs_per_noun), mining,
                         from_dict(TrainConfig, values))

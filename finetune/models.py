@@ -35,7 +35,7 @@ class EvalModel:
 
 def load_eval_model(label: str, spec: str, prompts: str | None, device: str, seed: int = 0) -> EvalModel:
     """`spec`: NAME[@PRETRAINED_OR_PATH] or a finetune run folder."""
-    return EvalModel(label, load_adapted_clip(spec, device, seed, prompts))
+    return EvalModel(label, load_adapted_clip(spec, device, seed, prompts, flag=f"--model {label}"))
 
 
 def parse_model_argument(value: str) -> tuple[str, str]:

@@ -78,8 +78,13 @@ Evaluate = Callable[[Round, Path], dict]  # (round, the corpus it trained on) ->
 def run_rounds(settings: LoopSettings, mining: MineConfig, training: TrainConfig,
                evaluate: Evaluate | None = None) -> dict:
     """Run (or resume) the loop; returns loop.json's content."""
+    from dataengine.clip import finetune_run
+
     settings.validate()
     mining.validate()
+    if finetune_run(mining.match.clip) is not None:
+        raise ConfigError(f"--clip: {mining.match.clip} is a finetune output folder; the loop starts from a pretrained "
+                          "CLIP (NAME[@WEIGHTS]), which every round trains from")
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, not a folder")
@@ -97,6 +102,16 @@ def run_rounds(settings: LoopSettings, mining: MineConfig, training: TrainConfig
 
 def run_round(current: Round, settings: LoopSettings, mining: MineConfig, training: TrainConfig, pretrained: str,
               evaluate: Evaluate | None) -> dict:
+    try:
+        return _run_round(current, settings, mining, training, pretrained, evaluate)
+    except ConfigError as error:
+        raise ConfigError(f"round {current.number}: {error}. A loop resumes only with the settings it began with "
+                          f"(a round trained again changes what the next one mines with): remove {current.folder} "
+                          "and the rounds after it, or choose another --out") from None
+
+
+def _run_round(current: Round, settings: LoopSettings, mining: MineConfig, training: TrainConfig, pretrained: str,
+               evaluate: Evaluate | None) -> dict:
     from dataengine.pipeline import mine
     from dataengine.postpass import filter_corpus
 
@@ -131,6 +146,10 @@ def train_or_resume(config: TrainConfig) -> dict:
     if summary_file.exists():
         summary = json.loads(summary_file.read_text())
         if summary.get("finished"):
+            changed = [name for name in config.differences(summary.get("config", {}))
+                       if not (name == "prompt_depth" and config.prompt_depth is None)]  # saved resolved
+            if changed:
+                raise ConfigError(f"{out} is a finished training run with other settings ({', '.join(changed)})")
             return summary
     if (out / "checkpoints" / "last.pt").exists():
         return train(config, resume=True)

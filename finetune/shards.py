@@ -16,6 +16,7 @@ decoding them).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import logging
@@ -108,12 +109,14 @@ def repeat_factors(nouns: Counter, balance: str, threshold: float) -> dict[str, 
 
 def repeats(key: str, factor: float, seed: int, epoch: int) -> int:
     """How many times a pair comes in an epoch: floor(r), plus one with probability frac(r), drawn
-    from (seed, epoch, key) alone, so that counting an epoch and streaming it agree."""
+    from (seed, epoch, key) alone, so that counting an epoch and streaming it agree. The draw is a
+    cryptographic hash (CRC32 is affine: its draws for two epochs would be tied to each other)."""
     whole = math.floor(factor)
     fraction = factor - whole
     if fraction <= 0:
         return whole
-    return whole + int(zlib.crc32(f"{seed}-{epoch}-{key}".encode()) / 2**32 < fraction)
+    digest = hashlib.blake2b(f"{seed}-{epoch}-{key}".encode(), digest_size=8).digest()
+    return whole + int(int.from_bytes(digest, "big") / 2**64 < fraction)
 
 
 def shard_has_masks(url: str) -> bool:
@@ -194,14 +197,15 @@ def _key_and_extension(member: tarfile.TarInfo) -> tuple[str, str] | None:
 
 @dataclass
 class Corpus:
-    """The shards of a training run, their sizes and the noun vocabulary; with `balance`, the
-    (key, noun) of every pair, to count each epoch's repeats."""
+    """The shards of a training run, their sizes and the noun vocabulary; with `balance`, the repeat
+    factor of every pair whose noun is repeated (by key: a pair whose txt member was lost keeps its
+    index noun's factor, in the epoch's count and in the stream alike)."""
 
     shards: list[str]
     counts: list[int]
     vocabulary: list[str]
-    pairs: list[list[tuple[str, str | None]]] | None = None
-    repeat: dict[str, float] = field(default_factory=dict)  # noun -> repeat factor (empty: no balance)
+    repeat: dict[str, float] = field(default_factory=dict)  # pair key -> repeat factor, for factors > 1
+    shard_keys: list[list[str]] = field(default_factory=list)  # per shard, the keys in `repeat`
 
     @classmethod
     def scan(cls, pattern, balance: str = "none", threshold: float = 0.01) -> Corpus:
@@ -210,8 +214,10 @@ class Corpus:
         nouns = Counter(noun for pairs in scanned for _, noun in pairs if noun is not None)
         if not nouns:
             raise ShardError(f"--shards: {len(shards)} shard(s) but no pairs in them")
-        repeat = repeat_factors(nouns, balance, threshold)
-        return cls(shards, [len(pairs) for pairs in scanned], sorted(nouns), scanned if repeat else None, repeat)
+        factors = {noun: factor for noun, factor in repeat_factors(nouns, balance, threshold).items() if factor > 1}
+        repeat = {key: factors[noun] for pairs in scanned for key, noun in pairs if noun in factors}
+        shard_keys = [[key for key, _ in pairs if key in repeat] for pairs in scanned] if repeat else []
+        return cls(shards, [len(pairs) for pairs in scanned], sorted(nouns), repeat, shard_keys)
 
     @property
     def size(self) -> int:
@@ -221,8 +227,8 @@ class Corpus:
         """Pairs per shard in this epoch, repeats included."""
         if not self.repeat:
             return self.counts
-        return [sum(repeats(key, self.repeat.get(noun, 1.0), seed, epoch) for key, noun in pairs)
-                for pairs in self.pairs]
+        return [count + sum(repeats(key, self.repeat[key], seed, epoch) - 1 for key in keys)
+                for count, keys in zip(self.counts, self.shard_keys, strict=True)]
 
 
 def deal_shards(shards: list, seed: int, epoch: int, workers: int) -> list[list]:
@@ -258,7 +264,7 @@ class PairStream(torch.utils.data.IterableDataset):
     shuffle_buffer: int = 2000
     skip: dict[int, int] = field(default_factory=dict)  # logical worker -> samples already consumed
     first_worker: int = 0
-    repeat: dict[str, float] = field(default_factory=dict)  # noun -> repeat factor (Corpus.repeat)
+    repeat: dict[str, float] = field(default_factory=dict)  # pair key -> repeat factor (Corpus.repeat)
 
     def __post_init__(self):
         super().__init__()
@@ -288,7 +294,7 @@ class PairStream(torch.utils.data.IterableDataset):
     def _repeated(self, samples: Iterator[dict]) -> Iterator[dict]:
         """Each pair as many times as `repeats` says (before the shuffle: copies spread out)."""
         for sample in samples:
-            factor = self.repeat.get(_noun(sample), 1.0)
+            factor = self.repeat.get(sample["__key__"], 1.0)
             for _ in range(repeats(sample["__key__"], factor, self.seed, self.epoch)):
                 yield sample
 

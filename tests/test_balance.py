@@ -39,6 +39,15 @@ def test_repeats_round_stochastically_to_the_factor_on_average():
     assert draws != [repeats(f"k{i}", 2.3, seed=0, epoch=2) for i in range(20000)]  # new draws each epoch
 
 
+@pytest.mark.parametrize("other", [{"epoch": 2}, {"epoch": 4}, {"seed": 1}])
+def test_the_draws_of_two_epochs_or_seeds_are_independent(other):
+    def extra(seed=0, epoch=1):
+        return {i for i in range(20000) if repeats(f"k{i}", 1.5, seed=seed, epoch=epoch) == 2}
+
+    first, second = extra(), extra(**other)
+    assert len(first & second) / 20000 == pytest.approx(0.25, abs=0.02)  # P(both) = 0.5 * 0.5
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_the_stream_yields_what_the_epoch_count_says_with_rare_nouns_repeated(skewed, workers):
     corpus = Corpus.scan(skewed, "sqrt", 0.5)

@@ -125,3 +125,10 @@ def test_cli_loop(coco_mini, tmp_path, capsys):
     assert json.loads((tmp_path / "loop" / "round-1" / "train" / "train.json").read_text())["config"]["epochs"] == 1
     assert main([*args, "--train-set", "epoch=2"]) == 2
     assert "--train-set" in capsys.readouterr().err
+    assert main([*args, "--train-set", "clip=ViT-B-16"]) == 2
+    assert "the loop sets it" in capsys.readouterr().err
+    assert main([*args, "--train-set", "epochs=2"]) == 2  # round 1 finished with epochs=1: not reused, refused
+    error = capsys.readouterr().err
+    assert "round 1" in error and "epochs" in error and "remove" in error
+    assert main([*args, "--clip", str(tmp_path / "loop" / "round-1" / "train")]) == 2
+    assert "starts from a pretrained CLIP" in capsys.readouterr().err

@@ -3,7 +3,8 @@
     python -m finetune.world.filters --out DIR [--scenes 240] [--seed 1] [--proposals annotations classical]
 
 Generates a world (the same scenes as `dataengine demo` for the same seed and size), mines its
-training split once per (proposals, filter) with the committed world CLIP, and prints, for each,
+training split once per (proposals, match filter) with the committed world CLIP, runs the
+corpus-level post-pass (`dataengine filter`) on some of those corpora, and prints, for each,
 the pairs kept, their share of the unfiltered pairs (yield) and their precision (a pair is right
 when its mask overlaps an instance of its noun at IoU >= 0.5), things and stuff apart. The table
 also goes to DIR/filters.json.
@@ -15,39 +16,56 @@ import argparse
 import json
 from pathlib import Path
 
-from .loop import FILTERS, mine_split, pair_precision
+from .loop import FILTERS, corpus_name, fmt, mine_split, pair_precision, pct
 from .scenes import generate_world
 
+# the corpus-level post-pass (dataengine filter), on the corpus of a match filter
+POSTPASSES: dict[str, tuple[str, dict]] = {
+    "noun_quantile 0.5": ("none", {"noun_quantile": 0.5}),
+    "noun_quantile 0.75": ("none", {"noun_quantile": 0.75}),
+    "mutual_best + noun_quantile 0.5": ("mutual_best", {"noun_quantile": 0.5}),
+    "mutual_best + noun_quantile 0.75": ("mutual_best", {"noun_quantile": 0.75}),
+}
+
+
 def measure(out: Path, scenes: int, seed: int, proposals: list[str], clip: str, progress: bool) -> list[dict]:
+    from dataengine.config import FilterConfig
+    from dataengine.postpass import filter_corpus
+
     world = out / "world"
     generate_world(world, scenes=scenes + scenes // 2, seed=seed, heldout=(scenes // 2) / (scenes + scenes // 2))
     split = world / "train"
     rows = []
     for generator in proposals:
-        unfiltered = None
+        corpora, unfiltered = {}, None
         for name, match in FILTERS.items():
-            corpus = out / f"corpus-{generator}-{name.replace(' ', '_').replace('+', 'and')}"
+            corpora[name] = corpus = out / corpus_name(generator, name)
             mine_split(split, corpus, generator, clip, "local", progress, match)
-            row = pair_precision(corpus, split)[0]
+            row = _row(corpus, split)
             unfiltered = unfiltered or row["pairs"]
-            rows.append({"proposals": generator, "filter": name, "settings": match,
-                         "yield": round(100.0 * row["pairs"] / unfiltered, 2) if unfiltered else None,
-                         **{k: v for k, v in row.items() if k != "filter"}})
+            rows.append({"proposals": generator, "filter": name, "settings": match, **row,
+                         "yield": pct(row["pairs"], unfiltered)})
+        for name, (base, settings) in POSTPASSES.items():
+            corpus = out / corpus_name(generator, name).replace("corpus-", "filtered-", 1)
+            filter_corpus(FilterConfig(corpus=str(corpora[base]), out=str(corpus), progress=False, **settings),
+                          overwrite=True)
+            rows.append({"proposals": generator, "filter": name, "settings": {**FILTERS[base], **settings},
+                         **(row := _row(corpus, split)), "yield": pct(row["pairs"], unfiltered)})
     return rows
+
+
+def _row(corpus: Path, split: Path) -> dict:
+    return {k: v for k, v in pair_precision(corpus, split)[0].items() if k != "filter"}
 
 
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'proposals':<12}{'filter':<34}{'pairs':>6}{'yield':>8}{'prec':>8}{'things':>16}{'stuff':>16}"]
     for row in rows:
-        things = f"{_fmt(row['precision_things'])} of {row['pairs_things']}"
-        stuff = f"{_fmt(row['precision_stuff'])} of {row['pairs_stuff']}"
-        lines.append(f"{row['proposals']:<12}{row['filter']:<34}{row['pairs']:>6}{_fmt(row['yield']):>8}"
-                     f"{_fmt(row['precision']):>8}{things:>16}{stuff:>16}")
+        things = f"{fmt(row['precision_things'])} of {row['pairs_things']}"
+        stuff = f"{fmt(row['precision_stuff'])} of {row['pairs_stuff']}"
+        lines.append(f"{row['proposals']:<12}{row['filter']:<34}{row['pairs']:>6}{fmt(row['yield']):>8}"
+                     f"{fmt(row['precision']):>8}{things:>16}{stuff:>16}")
     return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,6 +176,18 @@ def pct(part: int, whole: int) -> float | None:
 # ---------------------------------------------------------------- the loop
 
 
+def reuse_or_generate_world(folder: Path, train: int, heldout: int, seed: int) -> None:
+    """A world in `folder` as asked: generated if absent, kept if it is the same world (a rerun that
+    resumes), refused if it is another."""
+    if (folder / "world.json").exists():
+        found = json.loads((folder / "world.json").read_text())
+        if found.get("seed") != seed or found.get("scenes") != {"train": train, "heldout": heldout}:
+            raise ConfigError(f"--out: {folder} holds another world (seed {found.get('seed')}, scenes "
+                              f"{found.get('scenes')}); choose another --out for seed {seed} with {train} + {heldout} scenes")
+        return
+    generate_world(folder, scenes=train + heldout, seed=seed, heldout=heldout / (train + heldout))
+
+
 def mining_config(split: Path, out: Path, proposals: str, clip: str, executor: str, progress: bool,
                   match: dict | None = None):
     """The MineConfig of a world split; `match`: further match settings (the precision filters)."""
@@ -461,7 +473,7 @@ def format_report(report: dict) -> str:
             lines.append(f"pair precision, {proposals} proposals, {row['filter']}: {_pairs(row)}")
     lines.append("\npairs mined (precision: the mask overlaps an instance of the noun at IoU >= 0.5):")
     for row in report["pairs"]:
-        lines.append(f"  {row['proposals']:<12}{row['filter']:<14}{_pairs(row)}, yield {_fmt(row['yield'])}%")
+        lines.append(f"  {row['proposals']:<12}{row['filter']:<14}{_pairs(row)}, yield {fmt(row['yield'])}%")
     groups = ("things", "stuff", "seen", "unseen")
     for key, title in (("masked_region_accuracy", "masked-region accuracy (ground-truth masks)"),
                        ("mIoU", "two-stage mIoU")):
@@ -471,7 +483,7 @@ def format_report(report: dict) -> str:
         lines.append(f"{'model':<18} {'all':>8}" + "".join(f" {group:>8}" for group in groups))
         for label, summary in report["models"].items():
             figures = summary[key]
-            lines.append(f"{label:<18} {_fmt(figures['all']):>8}" + "".join(f" {_fmt(figures[g]):>8}" for g in groups))
+            lines.append(f"{label:<18} {fmt(figures['all']):>8}" + "".join(f" {fmt(figures[g]):>8}" for g in groups))
     return "\n".join(lines)
 
 
@@ -480,5 +492,5 @@ def _pairs(row: dict) -> str:
             f"stuff {row['precision_stuff']}% of {row['pairs_stuff']})")
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
     return "-" if value is None else f"{value:.1f}"

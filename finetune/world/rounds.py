@@ -17,8 +17,17 @@ import argparse
 import json
 from pathlib import Path
 
-from .loop import LoopConfig, evaluate, load_models, mining_config, pair_precision, training_config
-from .scenes import generate_world
+from .loop import (
+    FILTERS,
+    LoopConfig,
+    evaluate,
+    fmt,
+    load_models,
+    mining_config,
+    pair_precision,
+    reuse_or_generate_world,
+    training_config,
+)
 
 PRECISION_KEYS = ("pairs", "precision", "pairs_things", "precision_things", "pairs_stuff", "precision_stuff",
                   "precision_things_present")
@@ -52,15 +61,12 @@ def run(args) -> dict:
 
     from ..rounds import LoopSettings, run_rounds
     from .clip import world_spec
-    from .filters import FILTERS
 
     if args.filter not in FILTERS:
         raise ConfigError(f"--filter: one of {', '.join(FILTERS)}, got {args.filter!r}")
     out, clip, progress = Path(args.out), args.clip or world_spec(), not args.no_progress
     world = out / "world"
-    if not (world / "world.json").exists():
-        generate_world(world, scenes=args.scenes + args.scenes // 2, seed=args.seed,
-                       heldout=(args.scenes // 2) / (args.scenes + args.scenes // 2))
+    reuse_or_generate_world(world, args.scenes, args.scenes // 2, args.seed)
     split, heldout = world / "train", world / "heldout"
     demo = LoopConfig(out=str(out), progress=progress)
     mining = mining_config(split, out / "unused", args.proposals, clip, "local", progress, FILTERS[args.filter])
@@ -80,19 +86,15 @@ def format_table(result: dict) -> str:
     lines = [f"{'':<11}{'pairs':>6}{'prec':>7}{'things':>14}{'stuff':>14}   masked-region accuracy: all things "
              "stuff seen unseen"]
     pretrained = result["pretrained"]
-    lines.append(f"{'pretrained':<11}{'':>41}   " + " ".join(_fmt(pretrained[key]) for key in ACCURACY_KEYS))
+    lines.append(f"{'pretrained':<11}{'':>41}   " + " ".join(fmt(pretrained[key]) for key in ACCURACY_KEYS))
     for entry in result["rounds"]:
         pairs = entry.get("trained_on_precision", entry["mined_precision"])
-        things = f"{_fmt(pairs['precision_things'])} of {pairs['pairs_things']}"
-        stuff = f"{_fmt(pairs['precision_stuff'])} of {pairs['pairs_stuff']}"
+        things = f"{fmt(pairs['precision_things'])} of {pairs['pairs_things']}"
+        stuff = f"{fmt(pairs['precision_stuff'])} of {pairs['pairs_stuff']}"
         accuracy_row = entry["masked_region_accuracy"]
-        lines.append(f"{'round ' + str(entry['round']):<11}{pairs['pairs']:>6}{_fmt(pairs['precision']):>7}{things:>14}"
-                     f"{stuff:>14}   " + " ".join(_fmt(accuracy_row[key]) for key in ACCURACY_KEYS))
+        lines.append(f"{'round ' + str(entry['round']):<11}{pairs['pairs']:>6}{fmt(pairs['precision']):>7}{things:>14}"
+                     f"{stuff:>14}   " + " ".join(fmt(accuracy_row[key]) for key in ACCURACY_KEYS))
     return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,17 +18,27 @@ import json
 import time
 from pathlib import Path
 
-from .loop import FILTERS, LoopConfig, evaluate, load_models, mining_config, pair_precision, training_config
+from dataengine.config import ConfigError
+
+from .loop import (
+    FILTERS,
+    LoopConfig,
+    evaluate,
+    fmt,
+    load_models,
+    mining_config,
+    pair_precision,
+    reuse_or_generate_world,
+    training_config,
+)
 from .rounds import ACCURACY_KEYS, PRECISION_KEYS, accuracy
-from .scenes import generate_world
 
 HELDOUT_SEED_OFFSET = 1000
 
 
 def heldout_world(out: Path, seed: int, scenes: int) -> Path:
     folder = out / "heldout-world"
-    if not (folder / "world.json").exists():
-        generate_world(folder, scenes=scenes, seed=seed + HELDOUT_SEED_OFFSET, heldout=1.0)
+    reuse_or_generate_world(folder, 0, scenes, seed + HELDOUT_SEED_OFFSET)
     return folder / "heldout"
 
 
@@ -39,11 +49,14 @@ def run_size(out: Path, size: int, args, clip: str, heldout: Path, progress: boo
 
     folder = out / f"scenes-{size}"
     result_file = folder / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
     world = folder / "world"
-    if not (world / "world.json").exists():
-        generate_world(world, scenes=size, seed=args.seed, heldout=0.0)
+    reuse_or_generate_world(world, size, 0, args.seed)
+    if result_file.exists():
+        result = json.loads(result_file.read_text())
+        if (result.get("mode"), result.get("filter")) == (args.mode, args.filter):
+            return result
+        raise ConfigError(f"--out: {folder} holds a run with --mode {result.get('mode')} --filter "
+                          f"{result.get('filter')}; choose another --out")
     started = time.perf_counter()
     manifest = mine(mining_config(world / "train", folder / "corpus", "annotations", clip, "local", progress,
                                   FILTERS[args.filter]))
@@ -53,7 +66,7 @@ def run_size(out: Path, size: int, args, clip: str, heldout: Path, progress: boo
     trained = time.perf_counter()
     report = evaluate(heldout, load_models({"model": str(folder / "train")}), "gt-masks", progress)
     row = pair_precision(folder / "corpus", world / "train")[0]
-    result = {"scenes": size, "pairs": manifest["counts"]["pairs"], "precision": {k: row[k] for k in PRECISION_KEYS},
+    result = {"scenes": size, "mode": args.mode, "filter": args.filter, "pairs": manifest["counts"]["pairs"], "precision": {k: row[k] for k in PRECISION_KEYS},
               "masked_region_accuracy": accuracy(report["models"]["model"]),
               "seconds": {"mining": round(mined - started, 1), "training": round(trained - mined, 1)}}
     result_file.write_text(json.dumps(result, indent=2))
@@ -61,8 +74,6 @@ def run_size(out: Path, size: int, args, clip: str, heldout: Path, progress: boo
 
 
 def run(args) -> dict:
-    from dataengine.config import ConfigError
-
     from .clip import world_spec
 
     if args.filter not in FILTERS:
@@ -80,17 +91,13 @@ def run(args) -> dict:
 
 def format_table(result: dict) -> str:
     lines = [f"{'scenes':>7}{'pairs':>7}{'prec':>7}{'things':>8}   masked-region accuracy: all things stuff seen unseen"]
-    lines.append(f"{'pretrained':>29}   " + " ".join(_fmt(result["pretrained"][key]) for key in ACCURACY_KEYS))
+    lines.append(f"{'pretrained':>29}   " + " ".join(fmt(result["pretrained"][key]) for key in ACCURACY_KEYS))
     for size in result["sizes"]:
         precision = size["precision"]
-        lines.append(f"{size['scenes']:>7}{size['pairs']:>7}{_fmt(precision['precision']):>7}"
-                     f"{_fmt(precision['precision_things']):>8}   "
-                     + " ".join(_fmt(size["masked_region_accuracy"][key]) for key in ACCURACY_KEYS))
+        lines.append(f"{size['scenes']:>7}{size['pairs']:>7}{fmt(precision['precision']):>7}"
+                     f"{fmt(precision['precision_things']):>8}   "
+                     + " ".join(fmt(size["masked_region_accuracy"][key]) for key in ACCURACY_KEYS))
     return "\n".join(lines)
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -449,12 +449,12 @@ def model_summaries(report: dict, trained_on: dict) -> dict:
     for label, source in trained_on.items():
         regions = report["gt_masks"]["models"][label]
         summary = {"trained_on": source,
-                   "masked_region_accuracy": {"all": round(regions["region_accuracy"], 2),
+                   "masked_region_accuracy": {"all": round(regions["region_accuracy"], 4),
                                               **{group: regions[f"accuracy_{group}"] for group, _ in GROUPS}},
                    "mIoU": None}
         if "two_stage" in report:
             miou = report["two_stage"]["models"][label]
-            summary["mIoU"] = {"all": round(miou["mIoU"], 2), **{group: miou[f"mIoU_{group}"] for group, _ in GROUPS}}
+            summary["mIoU"] = {"all": round(miou["mIoU"], 4), **{group: miou[f"mIoU_{group}"] for group, _ in GROUPS}}
         summaries[label] = summary
     return summaries
 

@@ -53,7 +53,7 @@ def run_size(out: Path, size: int, args, clip: str, heldout: Path, progress: boo
     reuse_or_generate_world(world, size, 0, args.seed)
     if result_file.exists():
         result = json.loads(result_file.read_text())
-        if (result.get("mode"), result.get("filter")) == (args.mode, args.filter):
+        if (result.get("mode", "mpt"), result.get("filter", "none")) == (args.mode, args.filter):  # keys added later
             return result
         raise ConfigError(f"--out: {folder} holds a run with --mode {result.get('mode')} --filter "
                           f"{result.get('filter')}; choose another --out")

@@ -12,11 +12,10 @@ also goes to DIR/filters.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from .loop import FILTERS, corpus_name, fmt, mine_split, pair_precision, pct
+from .loop import FILTERS, corpus_name, fmt, group_cell, mine_split, pair_precision, pct, world_parser
 from .scenes import generate_world
 
 # the corpus-level post-pass (dataengine filter), on the corpus of a match filter
@@ -61,8 +60,7 @@ def _row(corpus: Path, split: Path) -> dict:
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'proposals':<12}{'filter':<34}{'pairs':>6}{'yield':>8}{'prec':>8}{'things':>16}{'stuff':>16}"]
     for row in rows:
-        things = f"{fmt(row['precision_things'])} of {row['pairs_things']}"
-        stuff = f"{fmt(row['precision_stuff'])} of {row['pairs_stuff']}"
+        things, stuff = group_cell(row, "things"), group_cell(row, "stuff")
         lines.append(f"{row['proposals']:<12}{row['filter']:<34}{row['pairs']:>6}{fmt(row['yield']):>8}"
                      f"{fmt(row['precision']):>8}{things:>16}{stuff:>16}")
     return "\n".join(lines)
@@ -71,15 +69,10 @@ def format_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from .clip import world_spec
 
-    parser = argparse.ArgumentParser(prog="python -m finetune.world.filters", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="working folder (its world and corpora are replaced)")
+    parser = world_parser("filters", __doc__, "working folder (its world and corpora are replaced)")
     parser.add_argument("--scenes", type=int, default=240, help="training scenes (default: 240, as the demo)")
-    parser.add_argument("--seed", type=int, default=1, help="world seed (default: 1, as the demo)")
     parser.add_argument("--proposals", nargs="+", default=["annotations", "classical"],
                         help="proposal generators (default: annotations classical)")
-    parser.add_argument("--clip", default=None, help="CLIP spec (default: the committed world CLIP)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     out = Path(args.out)
     rows = measure(out, args.scenes, args.seed, args.proposals, args.clip or world_spec(), not args.no_progress)

@@ -492,5 +492,23 @@ def _pairs(row: dict) -> str:
             f"stuff {row['precision_stuff']}% of {row['pairs_stuff']})")
 
 
+def world_parser(module: str, doc: str, out_help: str):
+    """The command line of the world's measurement scripts: --out, --seed, --clip, --no-progress."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m finetune.world.{module}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--seed", type=int, default=1, help="world seed (default: 1, as the demo)")
+    parser.add_argument("--clip", default=None, help="CLIP spec (default: the committed world CLIP)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def group_cell(row: dict, group: str) -> str:
+    """'precision of pairs' of a precision row's things or stuff, as the tables print it."""
+    return f"{fmt(row[f'precision_{group}'])} of {row[f'pairs_{group}']}"
+
+
 def fmt(value) -> str:
     return "-" if value is None else f"{value:.1f}"

@@ -13,7 +13,6 @@ nouns apart), next to the pretrained CLIP's. The table goes to DIR/rounds.json t
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -22,7 +21,9 @@ from .loop import (
     LoopConfig,
     evaluate,
     fmt,
+    group_cell,
     load_models,
+    world_parser,
     mining_config,
     pair_precision,
     reuse_or_generate_world,
@@ -89,8 +90,7 @@ def format_table(result: dict) -> str:
     lines.append(f"{'pretrained':<11}{'':>41}   " + " ".join(fmt(pretrained[key]) for key in ACCURACY_KEYS))
     for entry in result["rounds"]:
         pairs = entry.get("trained_on_precision", entry["mined_precision"])
-        things = f"{fmt(pairs['precision_things'])} of {pairs['pairs_things']}"
-        stuff = f"{fmt(pairs['precision_stuff'])} of {pairs['pairs_stuff']}"
+        things, stuff = group_cell(pairs, "things"), group_cell(pairs, "stuff")
         accuracy_row = entry["masked_region_accuracy"]
         lines.append(f"{'round ' + str(entry['round']):<11}{pairs['pairs']:>6}{fmt(pairs['precision']):>7}{things:>14}"
                      f"{stuff:>14}   " + " ".join(fmt(accuracy_row[key]) for key in ACCURACY_KEYS))
@@ -98,19 +98,14 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune.world.rounds", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="working folder (a rerun resumes the loop in it)")
+    parser = world_parser("rounds", __doc__, "working folder (a rerun resumes the loop in it)")
     parser.add_argument("--scenes", type=int, default=240, help="training scenes (default: 240, as the demo)")
-    parser.add_argument("--seed", type=int, default=1, help="world seed (default: 1, as the demo)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds (default: 2)")
     parser.add_argument("--mode", default="mpt", help="what each round trains: mpt | ft | ft+mpt (default: mpt)")
     parser.add_argument("--proposals", default="annotations", help="proposal generator (default: annotations)")
-    parser.add_argument("--filter", default="none", help="match filters of finetune.world.filters.FILTERS (default: none)")
+    parser.add_argument("--filter", default="none", help="match filter of finetune.world.loop.FILTERS (default: none)")
     parser.add_argument("--noun-quantile", type=float, help="dataengine filter on each round's corpus (default: off)")
     parser.add_argument("--max-pairs-per-noun", type=int, help="dataengine filter on each round's corpus (default: off)")
-    parser.add_argument("--clip", default=None, help="CLIP spec (default: the committed world CLIP)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     print(format_table(run(parser.parse_args(argv))))
     return 0
 

@@ -1,6 +1,6 @@
 """How the trained CLIP's accuracy grows with mined data: the reason a data engine exists.
 
-    python -m finetune.world.scaling --out DIR [--sizes 800 3200 12800] [--seed 1] [--mode mpt]
+    python -m finetune.world.scaling --out DIR [--sizes 240 800 3200] [--seed 1] [--mode mpt]
         [--filter none] [--heldout 200]
 
 For each size, a world of that many training scenes (seed `--seed`; a larger world begins with the
@@ -13,7 +13,6 @@ CLIP's. A rerun resumes: finished sizes are read back. The table goes to DIR/sca
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from .loop import (
     pair_precision,
     reuse_or_generate_world,
     training_config,
+    world_parser,
 )
 from .rounds import ACCURACY_KEYS, PRECISION_KEYS, accuracy
 
@@ -101,16 +101,12 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finetune.world.scaling", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="working folder (a rerun resumes in it)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[800, 3200, 12800], help="training scenes per run")
-    parser.add_argument("--seed", type=int, default=1, help="world seed (default: 1)")
+    parser = world_parser("scaling", __doc__, "working folder (a rerun resumes in it)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[240, 800, 3200],
+                        help="training scenes per run (default: 240 800 3200)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out scenes (default: 200)")
     parser.add_argument("--mode", default="mpt", help="mpt | ft | ft+mpt (default: mpt)")
     parser.add_argument("--filter", default="none", help="match filter of finetune.world.loop.FILTERS (default: none)")
-    parser.add_argument("--clip", default=None, help="CLIP spec (default: the committed world CLIP)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     print(format_table(run(parser.parse_args(argv))))
     return 0
 

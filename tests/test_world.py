@@ -284,8 +284,8 @@ def test_the_precision_filters_reject_with_their_own_reasons_and_the_corpus_voca
     assert recorded["job"]["settings"]["match"]["vocabulary_words"] == expected  # part of the fingerprint
 
 
-def test_the_loop_and_the_scaling_run_in_a_tiny_world(tmp_path):
-    """The world's loop figures per round, and the data-scaling table, on a few scenes."""
+def test_the_loop_scaling_and_balance_runs_in_a_tiny_world(tmp_path):
+    """The world's loop figures per round, the data-scaling table and the balance table, on a few scenes."""
     from finetune.world import rounds, scaling
 
     assert rounds.main(["--out", str(tmp_path / "rounds"), "--scenes", "12", "--rounds", "2", "--filter",
@@ -302,3 +302,12 @@ def test_the_loop_and_the_scaling_run_in_a_tiny_world(tmp_path):
     table = json.loads((tmp_path / "scaling" / "scaling.json").read_text())
     assert [size["scenes"] for size in table["sizes"]] == [6, 12]
     assert table["sizes"][0]["pairs"] < table["sizes"][1]["pairs"]  # the larger world begins with the smaller one
+
+    from finetune.world import balance
+
+    assert balance.main(["--out", str(tmp_path / "balance"), "--scenes", "12", "--cap", "2", "--threshold", "0.2",
+                         "--no-progress"]) == 0
+    runs = json.loads((tmp_path / "balance" / "balance.json").read_text())["runs"]
+    plain, capped, balanced = runs["plain"], runs["cap 2"], runs["balance inverse"]
+    assert capped["pairs_per_epoch"] < plain["pairs_per_epoch"] < balanced["pairs_per_epoch"]
+    assert balanced["stuff_share"] < plain["stuff_share"]  # the five stuff nouns are the frequent ones

@@ -25,6 +25,8 @@ from pycocotools import mask as mask_utils
 from dataengine.config import ConfigError
 from dataengine.photo_demo import check_own_folder
 
+from ..train import check_run_folder
+
 from .scenes import STUFF, THINGS, UNSEEN, generate_world
 
 log = logging.getLogger(__name__)
@@ -263,12 +265,6 @@ def _replace(folder: Path, check) -> None:
     check(folder)
     if folder.exists():
         shutil.rmtree(folder)
-
-
-def check_run_folder(folder: Path) -> None:
-    from ..train import check_run_folder as check
-
-    check(folder)
 
 
 def corpus_name(proposals: str, filter_name: str = "none") -> str:

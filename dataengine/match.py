@@ -39,6 +39,7 @@ from .reasons import (
 )
 from .records import Pair, Reject, Sample
 from .regions import normalize, prepare_regions
+from .single_pass import SinglePassError, SinglePassRegions, input_grid, patch_coverage, prepare_image
 
 
 @dataclass
@@ -200,9 +201,12 @@ class RegionMatcher:
         words = config.vocabulary_words  # resolved from match.vocabulary by the run (pipeline.resolve_vocabulary)
         self.vocabulary = self.noun_embeddings(words).cpu() if words else None  # (V, D), for the vocabulary filter
         self.vocabulary_column = {noun: column for column, noun in enumerate(words or [])}
+        self.single_pass = single_pass_encoder(clip, config)
 
     def region_features(self, samples: list[Sample]) -> list[torch.Tensor]:
         """L2-normalized CLIP features of every proposal, (P_i, D) per sample, in proposal order."""
+        if self.single_pass is not None:
+            return [self._single_pass_features(sample) for sample in samples]
         owners, pending, features = [], [], []
         for number, sample in enumerate(samples):
             for start, crops in self._crops_of(sample):
@@ -225,6 +229,28 @@ class RegionMatcher:
 
     def _encode(self, pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return self.clip.encode_regions(pixels, masks, pad_to=self.batch_size)
+
+    def _single_pass_features(self, sample: Sample) -> torch.Tensor:
+        """One forward of the whole image, a region token per proposal (dataengine/single_pass.py).
+        Each image is its own forward, so its features depend on nothing but the image itself."""
+        encoder = self.single_pass
+        with self.timer.phase("prepare"):
+            image = self._image_tensor(sample.image)
+            long_side = self.config.single_pass_long_side or self.clip.image_size
+            grid = input_grid(*image.shape[1:], long_side, encoder.patch)
+            pixels = prepare_image(image, grid, encoder.patch, self.clip.mean, self.clip.std)
+            coverage = self._patch_coverage(sample, grid)
+        with self.timer.phase("forward"), torch.inference_mode(), self.clip.autocast():
+            features = encoder(pixels, coverage)
+        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+    def _patch_coverage(self, sample: Sample, grid: tuple[int, int]) -> torch.Tensor:
+        """(P, patches) share of each patch inside each proposal, masks decoded a memory-bounded chunk at a time."""
+        rles = sample.proposals.rles
+        step = masks_per_chunk(self.mask_pixels, sample.image.shape[0], sample.image.shape[1])
+        chunks = [patch_coverage(self._mask_tensor(rles, list(range(start, min(start + step, len(rles))))), grid)
+                  for start in range(0, len(rles), step)]
+        return torch.cat(chunks) if chunks else torch.zeros((0, grid[0] * grid[1]), device=self.clip.device)
 
     def _crops_of(self, sample: Sample):
         """Normalized crops and crop masks of one sample's proposals, in chunks of similar box size
@@ -305,6 +331,17 @@ class RegionMatcher:
                  crops[i], crop_masks[i])
             for i, c in enumerate(choices)
         ]
+
+
+def single_pass_encoder(clip: ClipModel, config: MatchConfig) -> SinglePassRegions | None:
+    """The single-pass encoder of `config.encoder`, or None for crops."""
+    if config.encoder != "single-pass":
+        return None
+    if clip.prompts is not None:
+        raise SinglePassError("match.encoder single-pass does not use mask prompts: they stand in for the patches "
+                              "outside a region's crop, which a region token never attends to; use match.encoder crops "
+                              "with this model, or give its weights without the prompts")
+    return SinglePassRegions(clip.model.visual, config.single_pass_blocks).to(clip.device).eval()
 
 
 PADDED_PIXELS_PER_CHUNK = 4_000_000

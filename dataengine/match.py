@@ -39,7 +39,7 @@ from .reasons import (
 )
 from .records import Pair, Reject, Sample
 from .regions import normalize, prepare_regions
-from .single_pass import SinglePassError, SinglePassRegions, input_grid, patch_coverage, prepare_image
+from .single_pass import SinglePassEncoder, patch_coverage
 
 
 @dataclass
@@ -201,7 +201,8 @@ class RegionMatcher:
         words = config.vocabulary_words  # resolved from match.vocabulary by the run (pipeline.resolve_vocabulary)
         self.vocabulary = self.noun_embeddings(words).cpu() if words else None  # (V, D), for the vocabulary filter
         self.vocabulary_column = {noun: column for column, noun in enumerate(words or [])}
-        self.single_pass = single_pass_encoder(clip, config)
+        self.single_pass = (SinglePassEncoder(clip, config.single_pass_blocks, config.single_pass_long_side)
+                            if config.encoder == "single-pass" else None)
 
     def region_features(self, samples: list[Sample]) -> list[torch.Tensor]:
         """L2-normalized CLIP features of every proposal, (P_i, D) per sample, in proposal order."""
@@ -233,16 +234,11 @@ class RegionMatcher:
     def _single_pass_features(self, sample: Sample) -> torch.Tensor:
         """One forward of the whole image, a region token per proposal (dataengine/single_pass.py).
         Each image is its own forward, so its features depend on nothing but the image itself."""
-        encoder = self.single_pass
         with self.timer.phase("prepare"):
             image = self._image_tensor(sample.image)
-            long_side = self.config.single_pass_long_side or self.clip.image_size
-            grid = input_grid(*image.shape[1:], long_side, encoder.patch)
-            pixels = prepare_image(image, grid, encoder.patch, self.clip.mean, self.clip.std)
-            coverage = self._patch_coverage(sample, grid)
-        with self.timer.phase("forward"), torch.inference_mode(), self.clip.autocast():
-            features = encoder(pixels, coverage)
-        return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+            coverage = self._patch_coverage(sample, self.single_pass.grid(*sample.image.shape[:2]))
+        with self.timer.phase("forward"):
+            return self.single_pass(image, coverage)
 
     def _patch_coverage(self, sample: Sample, grid: tuple[int, int]) -> torch.Tensor:
         """(P, patches) share of each patch inside each proposal, masks decoded a memory-bounded chunk at a time."""
@@ -331,17 +327,6 @@ class RegionMatcher:
                  crops[i], crop_masks[i])
             for i, c in enumerate(choices)
         ]
-
-
-def single_pass_encoder(clip: ClipModel, config: MatchConfig) -> SinglePassRegions | None:
-    """The single-pass encoder of `config.encoder`, or None for crops."""
-    if config.encoder != "single-pass":
-        return None
-    if clip.prompts is not None:
-        raise SinglePassError("match.encoder single-pass does not use mask prompts: they stand in for the patches "
-                              "outside a region's crop, which a region token never attends to; use match.encoder crops "
-                              "with this model, or give its weights without the prompts")
-    return SinglePassRegions(clip.model.visual, config.single_pass_blocks).to(clip.device).eval()
 
 
 PADDED_PIXELS_PER_CHUNK = 4_000_000

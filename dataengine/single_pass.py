@@ -151,6 +151,31 @@ def _heads(block) -> int:
     return int(heads)
 
 
+class SinglePassEncoder:
+    """The single-pass path of a ClipModel: `grid(H, W)` is the patch grid of an image, and
+    `encoder(image, coverage)` the L2-normalized (R, D) features (on the CPU) of the regions whose
+    `patch_coverage` on that grid is given; image: (3, H, W) uint8 on the model's device."""
+
+    def __init__(self, clip, blocks: int | None = None, long_side: int | None = None):
+        if clip.prompts is not None:
+            raise SinglePassError("match.encoder single-pass does not use mask prompts: they stand in for the patches "
+                                  "outside a region's crop, which a region token never attends to; use the crops "
+                                  "encoder with this model, or give its weights without the prompts")
+        self.clip = clip
+        self.regions = SinglePassRegions(clip.model.visual, blocks).to(clip.device).eval()
+        self.long_side = long_side or clip.image_size
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        return input_grid(height, width, self.long_side, self.regions.patch)
+
+    def __call__(self, image: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+        clip = self.clip
+        pixels = prepare_image(image, self.grid(*image.shape[1:]), self.regions.patch, clip.mean, clip.std)
+        with torch.inference_mode(), clip.autocast():
+            features = self.regions(pixels, coverage.to(clip.device))
+        return F.normalize(features.float(), dim=-1).cpu()
+
+
 def prepare_image(image: torch.Tensor, grid: tuple[int, int], patch: int, mean, std) -> torch.Tensor:
     """(3, H, W) uint8 -> (1, 3, gh*patch, gw*patch) normalized: antialiased bicubic, as for crops,
     in float (not rounded to 8 bits)."""

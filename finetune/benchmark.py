@@ -11,7 +11,9 @@ Protocols:
   maximising the sum over proposals covering it; pixels no proposal covers count as misses.
 
 Regions are prepared exactly as for mining (tight box, outside pixels at the CLIP mean, 224
-bicubic), so train and test see the same kind of input. Every model sees the same regions.
+bicubic), so train and test see the same kind of input. Every model sees the same regions. With
+`encoder="single-pass"`, each image is one forward with a region token per region instead
+(dataengine/single_pass.py), as `dataengine mine --encoder single-pass` does.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import torch
 import torchvision
 from tqdm import tqdm
 
-from dataengine.config import ConfigError, MineConfig, ProposalConfig, from_dict
+from dataengine.config import ENCODERS, ConfigError, MineConfig, ProposalConfig, from_dict
 from dataengine.records import Proposals, Sample
 from dataengine.regions import normalize, prepare_regions
+from dataengine.single_pass import SinglePassEncoder, patch_coverage
 
 from .config import PROTOCOLS
 from .datasets import IGNORE, SegSample, open_dataset
@@ -49,6 +52,9 @@ class BenchConfig:
     batch_size: int = 32
     device: str = "cpu"
     progress: bool = True
+    encoder: str = "crops"  # crops | single-pass, as match.encoder
+    single_pass_long_side: int | None = None  # as match.single_pass_long_side
+    single_pass_blocks: int | None = None  # as match.single_pass_blocks
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -59,6 +65,8 @@ class BenchConfig:
             raise ConfigError(f"--limit: must be at least 1, got {self.limit}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size: must be at least 1, got {self.batch_size}")
+        if self.encoder not in ENCODERS:
+            raise ConfigError(f"--encoder: expected one of {', '.join(ENCODERS)}, got {self.encoder!r}")
 
 
 def ensemble(p_clip: torch.Tensor, p_gen: torch.Tensor, weight: float) -> torch.Tensor:
@@ -189,6 +197,8 @@ class Benchmark:
         self.models = models
         self.dataset = open_dataset(config.dataset, config.root)
         self.proposals = ProposalSource(config.proposals, config.device) if config.protocol == "two-stage" else None
+        self.single_pass = {m.label: SinglePassEncoder(m.clip, config.single_pass_blocks, config.single_pass_long_side)
+                            for m in models if config.encoder == "single-pass"}
         self.columns = None
         if config.ensemble_lambda is not None:
             self.columns = self._ensemble_columns()
@@ -224,11 +234,7 @@ class Benchmark:
                 np.add.at(region_counts, region_classes, 1)
             crops = {}  # models that share input size, fill and device share the crops
             for model in self.models:
-                clip = model.clip
-                key = (clip.image_size, clip.fill_rgb, clip.device)
-                if key not in crops:
-                    crops[key] = region_crops(sample.image, masks, *key, config.batch_size)
-                probabilities = classify_crops(model, *crops[key], text[model.label], config.batch_size)
+                probabilities = self._classify(model, sample, masks, text[model.label], crops)
                 if self.columns is not None and proposals is not None:
                     probabilities = ensemble_with_generator(probabilities, proposals, self.columns,
                                                             config.ensemble_lambda)
@@ -242,6 +248,20 @@ class Benchmark:
             bar.update(1)
         bar.close()
         return self._report(matrices, region_hits, region_counts, regions_total, images, time.perf_counter() - started)
+
+    def _classify(self, model: EvalModel, sample: SegSample, masks: torch.Tensor, classes: torch.Tensor,
+                  crops: dict) -> torch.Tensor:
+        """(R, C) class probabilities of an image's regions, by the configured encoder."""
+        config, clip = self.config, model.clip
+        if model.label in self.single_pass:
+            encoder = self.single_pass[model.label]
+            image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).to(clip.device)
+            features = encoder(image, patch_coverage(masks.to(clip.device), encoder.grid(*masks.shape[1:])))
+            return (TEMPERATURE * features.to(classes.device) @ classes.t()).softmax(-1).cpu()
+        key = (clip.image_size, clip.fill_rgb, clip.device)
+        if key not in crops:
+            crops[key] = region_crops(sample.image, masks, *key, config.batch_size)
+        return classify_crops(model, *crops[key], classes, config.batch_size)
 
     def _regions(self, sample: SegSample) -> tuple[torch.Tensor, np.ndarray | None, Proposals | None]:
         """(masks, their true classes for gt-masks, the generator's proposals for two-stage)."""
@@ -269,6 +289,8 @@ class Benchmark:
         return {"dataset": config.dataset, "root": str(config.root), "protocol": config.protocol,
                 "proposals": config.proposals if config.protocol == "two-stage" else None,
                 "ensemble_lambda": config.ensemble_lambda,
+                "encoder": {"name": config.encoder, "single_pass_long_side": config.single_pass_long_side,
+                            "single_pass_blocks": config.single_pass_blocks},
                 "classes": len(self.dataset.classes), "images": images, "regions": regions_total,
                 "seconds": round(seconds, 2), "models": models}
 

@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 
 from dataengine.cli import help_with_default
-from dataengine.config import ConfigError, from_dict
+from dataengine.config import ENCODERS, ConfigError, from_dict
 
 from .config import LOSSES, MODES, PRECISIONS, PROTOCOLS, TrainConfig
 
@@ -121,9 +121,8 @@ def run_photo_demo(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dataengine.export import describe_export, export_open_clip
-
     from dataengine.clip import finetune_run
+    from dataengine.export import describe_export, export_open_clip
 
     spec, run = args.clip, finetune_run(args.clip)
     if run is not None:
@@ -262,6 +261,13 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
                              "(the method: 0.7 ADE, 0.6 Pascal; needs a generator that scores class names)")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="regions per CLIP forward (default: 32)")
+    parser.add_argument("--encoder", default="crops", choices=ENCODERS, metavar="E",
+                        help="how regions are encoded, as in dataengine mine: crops (the method's, one forward per "
+                             "region; default) | single-pass (one forward per image, a region token per region)")
+    parser.add_argument("--single-pass-long-side", type=int, metavar="PIXELS",
+                        help="single-pass: the image's long side in pixels (default: the model's input size)")
+    parser.add_argument("--single-pass-blocks", type=int, metavar="N",
+                        help="single-pass: region tokens join before the last N blocks (default: all)")
     parser.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of randomly initialised models (default: 0)")
     parser.add_argument("--out", required=True, metavar="RESULT.json", help="where to write the results as JSON")
@@ -276,7 +282,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     config = BenchConfig(args.dataset, args.root, args.protocol, args.proposals, args.ensemble_lambda, args.limit,
-                         args.batch_size, device, not args.no_progress)
+                         args.batch_size, device, not args.no_progress, args.encoder, args.single_pass_long_side,
+                         args.single_pass_blocks)
     requested = [parse_model_argument(value) for value in args.model]
     if args.clip or args.prompts or not requested:
         requested.insert(0, ("clip+prompts" if args.prompts else "clip", args.clip or "ViT-B-16@openai"))

@@ -23,8 +23,8 @@ import logging
 import math
 import random
 import re
-import tarfile
 import sys
+import tarfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator

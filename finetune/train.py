@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from dataengine.checkpoint import load_state_dict, load_tensors
 from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
+from dataengine.prompts import MaskPromptedViT, check_vit, masked_patches, prompt_depth, save_prompts
 
 from .config import LOSSES, PHASES, TrainConfig, TrainConfigError
-from dataengine.prompts import MaskPromptedViT, check_vit, masked_patches, prompt_depth, save_prompts
 from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in_epoch, loader
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from pairs import write_pair_shards
 
-from finetune.config import TrainConfig, TrainConfigError
 from dataengine.prompts import masked_patches
+from finetune.config import TrainConfig, TrainConfigError
 from finetune.shards import Corpus, PairStream, ShardError
 from finetune.train import Trainer, clip_loss, train, vocabulary_loss
 

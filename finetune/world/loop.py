@@ -26,7 +26,6 @@ from dataengine.config import ConfigError
 from dataengine.photo_demo import check_own_folder
 
 from ..train import check_run_folder
-
 from .scenes import STUFF, THINGS, UNSEEN, generate_world
 
 log = logging.getLogger(__name__)
@@ -359,12 +358,13 @@ def load_models(runs: dict[str, str]) -> list:
     return [load_eval_model(label, spec, None, device) for label, spec in runs.items()]
 
 
-def evaluate(heldout: Path, models: list, protocol: str, progress: bool) -> dict:
+def evaluate(heldout: Path, models: list, protocol: str, progress: bool, **settings) -> dict:
+    """The world benchmark of `models`, per group; `settings`: further BenchConfig fields (the encoder)."""
     from ..benchmark import BenchConfig, Benchmark
 
     device = models[0].clip.device
     report = Benchmark(BenchConfig("world", str(heldout), protocol, "classical", device=device,
-                                   progress=progress), models).run()
+                                   progress=progress, **settings), models).run()
     for result in report["models"].values():
         for group, names in GROUPS:
             ious = [result["per_class_iou"][n] for n in names if n in result["per_class_iou"]]

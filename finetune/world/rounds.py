@@ -23,11 +23,11 @@ from .loop import (
     fmt,
     group_cell,
     load_models,
-    world_parser,
     mining_config,
     pair_precision,
     reuse_or_generate_world,
     training_config,
+    world_parser,
 )
 
 PRECISION_KEYS = ("pairs", "precision", "pairs_things", "precision_things", "pairs_stuff", "precision_stuff",

@@ -60,12 +60,16 @@ def job_models(config: MineConfig, generator) -> Models:
     from .clip import check_clip_spec, fetch_clip_weights, finetune_run
     from .nouns import NounExtractor
     from .prompts import read_prompt_file
+    from .single_pass import check_single_pass_model, refuse_mask_prompts
 
     run = finetune_run(config.match.clip)
     spec = run.spec if run else config.match.clip
-    check_clip_spec(spec)
+    name, _ = check_clip_spec(spec)
     if run and run.prompts:
         read_prompt_file(run.prompts, "--clip")
+    if config.match.encoder == "single-pass":
+        refuse_mask_prompts(bool(run and run.prompts))
+        check_single_pass_model(name, config.match.single_pass_blocks)
     extractor = NounExtractor(config.nouns)
     # Pin the spaCy package this machine resolved, so that every worker of a cluster uses the same one.
     config.nouns.spacy_model = config.nouns.spacy_model or extractor.package_name

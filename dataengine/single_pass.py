@@ -49,6 +49,34 @@ def check_single_pass_tower(visual, blocks: int | None) -> None:
                               f"(1..{depth})")
 
 
+def check_single_pass_model(name: str, blocks: int | None) -> None:
+    """`check_single_pass_tower` on the open_clip model `name`, built on the meta device (no weights
+    are allocated or read), so that a run refuses before any work starts. Hub and local-dir models
+    are checked when their actor loads them."""
+    import logging
+    import warnings
+
+    import open_clip
+
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return
+    logging.disable(logging.WARNING)  # open_clip logs that a model without weights is randomly initialised
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = open_clip.create_model(name, device="meta")
+    finally:
+        logging.disable(logging.NOTSET)
+    check_single_pass_tower(model.visual, blocks)
+
+
+def refuse_mask_prompts(has_prompts: bool) -> None:
+    if has_prompts:
+        raise SinglePassError("match.encoder single-pass does not use mask prompts: they stand in for the patches "
+                              "outside a region's crop, which a region token never attends to; use the crops "
+                              "encoder with this model, or give its weights without the prompts")
+
+
 def input_grid(height: int, width: int, long_side: int, patch: int) -> tuple[int, int]:
     """Patch grid of an image resized to `long_side` on its long side, aspect kept."""
     scale = long_side / max(height, width)
@@ -157,10 +185,7 @@ class SinglePassEncoder:
     `patch_coverage` on that grid is given; image: (3, H, W) uint8 on the model's device."""
 
     def __init__(self, clip, blocks: int | None = None, long_side: int | None = None):
-        if clip.prompts is not None:
-            raise SinglePassError("match.encoder single-pass does not use mask prompts: they stand in for the patches "
-                                  "outside a region's crop, which a region token never attends to; use the crops "
-                                  "encoder with this model, or give its weights without the prompts")
+        refuse_mask_prompts(clip.prompts is not None)
         self.clip = clip
         self.regions = SinglePassRegions(clip.model.visual, blocks).to(clip.device).eval()
         self.long_side = long_side or clip.image_size

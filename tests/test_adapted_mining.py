@@ -99,3 +99,36 @@ def test_a_folder_that_is_not_a_finetune_run_is_refused_before_work_starts(coco_
     with pytest.raises(ConfigError, match="not a finetune output folder"):
         mine(config)
     assert not (tmp_path / "corpus").exists()
+
+
+def test_single_pass_refuses_a_folder_with_mask_prompts_before_work_starts(coco_mini, mpt_run, tmp_path):
+    config = job(coco_mini, tmp_path / "corpus", limit=2)
+    config.match.clip, config.match.encoder = str(mpt_run), "single-pass"
+    with pytest.raises(ConfigError, match="single-pass does not use mask prompts"):
+        mine(config)
+    assert not (tmp_path / "corpus").exists()
+
+
+def test_single_pass_mining_with_a_finetuned_folder_scores_with_its_weights(coco_mini, tmp_path):
+    from dataengine.single_pass import SinglePassEncoder, patch_coverage
+
+    shards = write_pair_shards(tmp_path / "shards", pairs=32, per_shard=16)
+    run = tmp_path / "ft"
+    train(tiny(shards, run, mode="ft", epochs=1, ft_lr=1e-2))
+    config = job(coco_mini, tmp_path / "corpus", limit=4)
+    config.match.clip, config.match.encoder = str(run), "single-pass"
+    mine(config)
+    index = pq.read_table(tmp_path / "corpus" / "index").to_pylist()
+    images = {str(i["id"]): i for i in json.loads((coco_mini / "captions.json").read_text())["images"]}
+    recorded = [row["score"] for row in index]
+    for clip, same in ((load_adapted_clip(str(run)), True), (load_clip("dataengine-tiny", seed=0), False)):
+        encoder, text = SinglePassEncoder(clip), NounEmbeddings(clip)
+        scores = []
+        for row in index:
+            image = Image.open(coco_mini / "images" / images[row["image_id"]]["file_name"]).convert("RGB")
+            pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+            rle = {"size": [row["image_height"], row["image_width"]], "counts": row["mask_counts"].encode()}
+            mask = torch.from_numpy(mask_utils.decode(rle).astype(bool))[None]
+            feature = encoder(pixels, patch_coverage(mask, encoder.grid(*mask.shape[1:])))
+            scores.append(float(feature[0] @ text([row["noun"]])[0]))
+        assert np.allclose(scores, recorded, atol=TOLERANCE) == same

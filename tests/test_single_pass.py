@@ -164,3 +164,13 @@ def test_mining_with_single_pass_gives_every_noun_a_pair_with_its_own_scores(coc
     theirs = pq.read_table(tmp_path / "crops" / "index").to_pandas().set_index("key")
     assert sorted(ours.index) == sorted(theirs.index)  # no filter: every noun gets a pair either way
     assert not np.allclose(ours.score, theirs.loc[ours.index].score)
+
+
+@pytest.mark.parametrize(("clip", "blocks", "message"), [("RN50", None, "ModifiedResNet"),
+                                                         ("dataengine-tiny", 9, "does not fit this tower of 2 blocks")])
+def test_a_model_single_pass_cannot_use_is_refused_before_work_starts(coco_mini, tmp_path, clip, blocks, message):
+    config = single_pass_job(coco_mini, tmp_path / "out", "local", 8, None)
+    config.match.clip, config.match.single_pass_blocks = clip, blocks
+    with pytest.raises(SinglePassError, match=message):
+        mine(config)
+    assert not (tmp_path / "out").exists()

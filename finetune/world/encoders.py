@@ -43,10 +43,12 @@ def same_proposals(corpus: Path, reference: Path) -> float | None:
     """Share of the reference's pairs (image, noun) for which `corpus` chose the same proposal."""
     import pyarrow.parquet as pq
 
-    ours = pq.read_table(corpus / "index", columns=["key", "proposal_id"]).to_pandas().set_index("key")
-    theirs = pq.read_table(reference / "index", columns=["key", "proposal_id"]).to_pandas().set_index("key")
-    joined = theirs.join(ours, rsuffix="_ours", how="left")
-    return pct(int((joined.proposal_id == joined.proposal_id_ours).sum()), len(joined))
+    def chosen(folder: Path) -> dict[str, int]:
+        table = pq.read_table(folder / "index", columns=["key", "proposal_id"]).to_pydict()
+        return dict(zip(table["key"], table["proposal_id"], strict=True))
+
+    ours, theirs = chosen(corpus), chosen(reference)
+    return pct(sum(ours.get(key) == proposal for key, proposal in theirs.items()), len(theirs))
 
 
 def measure(out: Path, scenes: int, seed: int, proposals: list[str], encoders: list[str], clip: str,

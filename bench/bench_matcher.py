@@ -92,8 +92,10 @@ def main() -> None:
     print(f"speed-up single-pass / crops: {batched_seconds / single_seconds:.2f}x")
     outside = 1.0 - phases.get("forward", 0.0) / batched_seconds  # everything but the forward, untimed work included
     print(f"share of crop matcher time outside the forward (crop, resize, normalize, transfer): {100 * outside:.2f}%")
+    untrained = "@" not in args.clip  # a bare name is a random init: its choices mean nothing
     print(f"nouns for which single-pass chooses the proposal crops choose: "
-          f"{100 * same_choices(samples, batched, single, matcher.noun_embeddings):.1f}%")
+          f"{100 * same_choices(samples, batched, single, matcher.noun_embeddings):.1f}%"
+          + (" (random weights: no meaning; python -m finetune.world.encoders measures agreement)" if untrained else ""))
 
 
 def similarities(sample, features, embeddings) -> np.ndarray:

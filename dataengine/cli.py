@@ -1,4 +1,4 @@
-"""Command line: `dataengine mine | filter | inspect`, plus the subcommands other packages register under the
+"""Command line: `dataengine mine | filter | inspect | report`, plus the subcommands other packages register under the
 `dataengine.commands` entry point group (this project's `finetune/`: demo, export-clip, finetune,
 bench), so that dataengine never imports them. Entry point `main(argv)` (tests call it in-process).
 
@@ -190,6 +190,15 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    from .report import ReportConfig, build_report
+
+    path = build_report(ReportConfig(args.out, html=args.html, instances=args.instances, max_gallery=args.max_gallery,
+                                     top_nouns=args.top_nouns, noun=args.noun, seed=args.seed))
+    print(f"report -> {path} (open it in a browser: file://{path.resolve()})")
+    return 0
+
+
 def run_filter(args: argparse.Namespace) -> int:
     from .config import FilterConfig
     from .postpass import filter_corpus
@@ -235,6 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--samples", type=_count, default=5, metavar="N", help="how many sample pairs (default: 5)")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(run=run_inspect)
+
+    report = commands.add_parser(
+        "report", help="an HTML quality report of a mined corpus: summary, plots, a gallery of pairs, precision",
+        description="Write one self-contained HTML page (images and plots embedded, no external URL: it opens "
+                    "offline from a file:// URL) with the corpus's counts, rejects, models and settings, plots of "
+                    "nouns, scores, margins, pairs per image and mask areas, a gallery of pairs (the source image "
+                    "with the mask drawn, next to the crop the model saw) and, with ground truth, pair precision.")
+    report.add_argument("out", metavar="OUT", help="a finished corpus (the --out of dataengine mine or filter)")
+    report.add_argument("--html", metavar="FILE", help="where the page goes (default: OUT/report.html)")
+    report.add_argument("--instances", metavar="FILE", help="a COCO instances JSON: pair precision, per noun, against "
+                        "yield, and where each noun's masks landed; caption nouns map to COCO categories through "
+                        "dataengine/data/coco_synonyms.txt (default: the corpus's own --instances, if it was mined "
+                        "with one)")
+    report.add_argument("--max-gallery", type=int, default=6, metavar="N", help="pairs per gallery row (default: 6)")
+    report.add_argument("--top-nouns", type=int, default=8, metavar="N",
+                        help="gallery rows for the N most frequent nouns (default: 8)")
+    report.add_argument("--noun", metavar="NOUN", help="the noun of the per-noun score and margin histograms "
+                        "(default: the most frequent)")
+    report.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the gallery's random samples (default: 0)")
+    report.set_defaults(run=run_report)
 
     post = commands.add_parser(
         "filter", help="corpus-level filters of a mined corpus, into a new corpus",

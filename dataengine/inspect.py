@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from .config import ConfigError
 
 
-def _read_columns(folder: Path, columns: list[str]) -> pa.Table | None:
+def read_columns(folder: Path, columns: list[str], what: str = "inspect") -> pa.Table | None:
     """Only the columns a summary needs, so that inspecting a corpus of millions of pairs stays cheap."""
     files = sorted(str(path) for path in folder.glob("*.parquet"))
     if not files:
@@ -21,14 +21,14 @@ def _read_columns(folder: Path, columns: list[str]) -> pa.Table | None:
     try:
         return pq.read_table(files, columns=columns)
     except (pa.ArrowException, OSError, KeyError) as error:
-        raise ConfigError(f"inspect: cannot read {folder}/*.parquet: {_one_line(error)}") from None
+        raise ConfigError(f"{what}: cannot read {folder}/*.parquet: {_one_line(error)}") from None
 
 
-def _read_json(path: Path):
+def read_json(path: Path, what: str = "inspect"):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ConfigError(f"inspect: {path} is damaged ({type(error).__name__}: {_one_line(error)})") from None
+        raise ConfigError(f"{what}: {path} is damaged ({type(error).__name__}: {_one_line(error)})") from None
 
 
 def _one_line(error: BaseException) -> str:
@@ -56,11 +56,11 @@ def summarize(out: str | Path, top: int = 20, samples: int = 5) -> dict:
     if not (out / "stats").is_dir():
         raise ConfigError(f"inspect: {out} is not a mined corpus (no stats/ folder)")
     manifest_path = out / "manifest.json"
-    manifest = _read_json(manifest_path) if manifest_path.exists() else None
+    manifest = read_json(manifest_path) if manifest_path.exists() else None
     if manifest is not None and not isinstance(manifest, dict):
         raise ConfigError(f"inspect: {manifest_path} is damaged (not a JSON object)")
-    pairs = _read_columns(out / "index", ["key", "image_key", "noun", "score", "margin", "caption"])
-    rejects = _read_columns(out / "rejects", ["level", "reason"])
+    pairs = read_columns(out / "index", ["key", "image_key", "noun", "score", "margin", "caption"])
+    rejects = read_columns(out / "rejects", ["level", "reason"])
     shards = sorted(out.glob("stats/*.json"))
     summary = {
         "out": str(out),
@@ -87,7 +87,7 @@ def summarize(out: str | Path, top: int = 20, samples: int = 5) -> dict:
 
 
 def _shard_images(path: Path) -> int:
-    stats = _read_json(path)
+    stats = read_json(path)
     if not isinstance(stats, dict) or not isinstance(stats.get("images"), int):
         raise ConfigError(f"inspect: {path} is damaged (no image count)")
     return stats["images"]

@@ -104,6 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
     report = run_loop(config)
     print("\n" + format_report(report))
     print(f"\n-> {args.out}/world_report.json; mined pairs in {args.out}/corpus-*/ (dataengine inspect ...)")
+    print(f"quality report of the mined pairs: {report['report_html']} (open it in a browser)")
     return 0
 
 

@@ -24,6 +24,7 @@ from pycocotools import mask as mask_utils
 
 from dataengine.config import ConfigError
 from dataengine.photo_demo import check_own_folder
+from dataengine.report import ReportConfig, build_report
 
 from ..train import check_run_folder
 from .scenes import STUFF, THINGS, UNSEEN, generate_world
@@ -391,6 +392,7 @@ def run_loop(config: LoopConfig) -> dict:
     report: dict = {"world": {"train": config.train_scenes, "heldout": config.heldout_scenes, "seed": config.seed},
                     "clip": clip, "nouns": noun_extraction(train_split), "mining": {}, "pairs": []}
     corpora = mine_corpora(config, clip, train_split, report)
+    report["report_html"] = str(build_report(ReportConfig(str(corpora[(config.proposals[0], "none")]))))
     if "classical" in config.proposals:
         report["proposal_recall"] = proposal_recall(heldout, "classical")
     runs, trained_on = {"pretrained": clip}, {"pretrained": None}

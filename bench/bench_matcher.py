@@ -16,6 +16,7 @@ import argparse
 import time
 
 import numpy as np
+import torch
 from common import offline_environment, require_coco_mini
 
 
@@ -90,6 +91,7 @@ def main() -> None:
         identical, worst = same_pairs(samples, batched, references, matcher.noun_embeddings, config)
         print(f"crops choose the reference's pairs: {identical}; max |score difference| {worst:.2e}")
     print(f"speed-up single-pass / crops: {batched_seconds / single_seconds:.2f}x")
+    print(f"single-pass features all finite: {all(bool(torch.isfinite(f).all()) for f in single)}")
     outside = 1.0 - phases.get("forward", 0.0) / batched_seconds  # everything but the forward, untimed work included
     print(f"share of crop matcher time outside the forward (crop, resize, normalize, transfer): {100 * outside:.2f}%")
     untrained = "@" not in args.clip  # a bare name is a random init: its choices mean nothing

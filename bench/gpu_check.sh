@@ -22,6 +22,8 @@ else
 fi
 
 step() { echo; echo "== $1 ($(date -u +%H:%M:%S))"; }
+failed=0
+run() { "$@" || { echo "!! step failed with status $? (the check goes on)"; failed=1; }; }  # a slow step must not hide the others
 step "machine"
 python - <<'EOF'
 import torch
@@ -31,15 +33,16 @@ print(f"torch {torch.__version__}; cuda: {torch.cuda.is_available()}"
 EOF
 
 step "1-2. region encoders: one-region reference, crop matcher, single-pass ($clip, $images images x $proposals proposals)"
-(cd bench && timeout 150 python bench_matcher.py --clip "$clip" --device "$device" --images "$images" --proposals "$proposals")
+run timeout 120 bash -c "cd bench && python bench_matcher.py --clip $clip --device $device --images $images --proposals $proposals"
 
 step "3. training throughput at batch $batch ($clip)"
-(cd bench && timeout 150 python bench_train.py --clip "$clip" --device "$device" --batch-size "$batch" --steps "$steps" --workers 4)
+run timeout 120 bash -c "cd bench && python bench_train.py --clip $clip --device $device --batch-size $batch --steps $steps --workers 4"
 
 step "4a. the controlled-world demo (mine, mask prompt tuning, benchmark)"
-timeout 120 dataengine demo --out "$out/demo" --no-progress
+run timeout 100 dataengine demo --out "$out/demo" --no-progress
 
 step "4b. the world's encoders: crops against single-pass ($scenes scenes)"
-timeout 120 python -m finetune.world.encoders --out "$out/encoders" --scenes "$scenes" --encoders crops single-pass --no-progress
+run timeout 100 python -m finetune.world.encoders --out "$out/encoders" --scenes "$scenes" --encoders crops single-pass --no-progress
 
 step "done"
+exit $failed

@@ -246,7 +246,7 @@ class RegionMatcher:
         step = masks_per_chunk(self.mask_pixels, sample.image.shape[0], sample.image.shape[1])
         chunks = [patch_coverage(self._mask_tensor(rles, list(range(start, min(start + step, len(rles))))), grid)
                   for start in range(0, len(rles), step)]
-        return torch.cat(chunks) if chunks else torch.zeros((0, grid[0] * grid[1]), device=self.clip.device)
+        return torch.cat(chunks) if chunks else patch_coverage(torch.zeros((0, 1, 1), dtype=torch.bool), grid)
 
     def _crops_of(self, sample: Sample):
         """Normalized crops and crop masks of one sample's proposals, in chunks of similar box size

@@ -52,7 +52,7 @@ def check_single_pass_tower(visual, blocks: int | None) -> None:
 def check_single_pass_model(name: str, blocks: int | None) -> None:
     """`check_single_pass_tower` on the open_clip model `name`, built on the meta device (no weights
     are allocated or read), so that a run refuses before any work starts. Hub and local-dir models
-    are checked when their actor loads them."""
+    are checked only when the matcher loads them (their config is not known before)."""
     import logging
     import warnings
 
@@ -60,13 +60,14 @@ def check_single_pass_model(name: str, blocks: int | None) -> None:
 
     if name.startswith(("hf-hub:", "local-dir:")):
         return
+    previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # open_clip logs that a model without weights is randomly initialised
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = open_clip.create_model(name, device="meta")
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
     check_single_pass_tower(model.visual, blocks)
 
 
@@ -83,9 +84,12 @@ def input_grid(height: int, width: int, long_side: int, patch: int) -> tuple[int
     return max(1, round(height * scale / patch)), max(1, round(width * scale / patch))
 
 
-def patch_coverage(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(R, H, W) bool masks -> (R, gh*gw) share of each patch's pixels inside the region."""
-    return F.adaptive_avg_pool2d(masks[:, None].float(), grid).flatten(1)
+def patch_coverage(masks: torch.Tensor, grid: tuple[int, int], device=None, chunk: int = 16) -> torch.Tensor:
+    """(R, H, W) bool masks -> (R, gh*gw) share of each patch's pixels inside the region, on
+    `device` (default: the masks'), `chunk` masks at a time: only that many become float at once."""
+    pieces = [F.adaptive_avg_pool2d(masks[start : start + chunk, None].to(device).float(), grid).flatten(1)
+              for start in range(0, len(masks), chunk)]
+    return torch.cat(pieces) if pieces else torch.zeros((0, grid[0] * grid[1]), device=device or masks.device)
 
 
 class SinglePassRegions(nn.Module):
@@ -146,14 +150,15 @@ class SinglePassRegions(nn.Module):
     def _position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
         if grid == self.grid:
             return self.visual.positional_embedding
-        if grid not in self._positions:
+        embedding = self.visual.positional_embedding
+        key = (grid, embedding.device, embedding.dtype)
+        if key not in self._positions:  # the tower's weights are frozen here: resampled once per grid
             from timm.layers import resample_abs_pos_embed
 
             with torch.no_grad():
-                self._positions[grid] = resample_abs_pos_embed(
-                    self.visual.positional_embedding[None], new_size=list(grid), old_size=list(self.grid),
-                    num_prefix_tokens=1)[0]
-        return self._positions[grid]
+                self._positions[key] = resample_abs_pos_embed(embedding[None], new_size=list(grid),
+                                                              old_size=list(self.grid), num_prefix_tokens=1)[0]
+        return self._positions[key]
 
 
 def attention_bias(coverage: torch.Tensor, image_tokens: int) -> torch.Tensor:
@@ -188,13 +193,17 @@ class SinglePassEncoder:
         refuse_mask_prompts(clip.prompts is not None)
         self.clip = clip
         self.regions = SinglePassRegions(clip.model.visual, blocks).to(clip.device).eval()
-        self.long_side = long_side or clip.image_size
+        self.long_side = long_side if long_side is not None else clip.image_size
+        if self.long_side < 1:
+            raise SinglePassError(f"single-pass long side: must be at least 1 pixel, got {self.long_side}")
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         return input_grid(height, width, self.long_side, self.regions.patch)
 
     def __call__(self, image: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
         clip = self.clip
+        if not len(coverage):
+            return torch.zeros((0, clip.model.visual.output_dim))
         pixels = prepare_image(image, self.grid(*image.shape[1:]), self.regions.patch, clip.mean, clip.std)
         with torch.inference_mode(), clip.autocast():
             features = self.regions(pixels, coverage.to(clip.device))

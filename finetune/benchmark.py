@@ -67,6 +67,10 @@ class BenchConfig:
             raise ConfigError(f"--batch-size: must be at least 1, got {self.batch_size}")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"--encoder: expected one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        for flag, value in (("--single-pass-long-side", self.single_pass_long_side),
+                            ("--single-pass-blocks", self.single_pass_blocks)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag}: must be at least 1, got {value}")
 
 
 def ensemble(p_clip: torch.Tensor, p_gen: torch.Tensor, weight: float) -> torch.Tensor:
@@ -196,9 +200,9 @@ class Benchmark:
         self.config = config
         self.models = models
         self.dataset = open_dataset(config.dataset, config.root)
-        self.proposals = ProposalSource(config.proposals, config.device) if config.protocol == "two-stage" else None
         self.single_pass = {m.label: SinglePassEncoder(m.clip, config.single_pass_blocks, config.single_pass_long_side)
-                            for m in models if config.encoder == "single-pass"}
+                            for m in models if config.encoder == "single-pass"}  # refused before proposals load
+        self.proposals = ProposalSource(config.proposals, config.device) if config.protocol == "two-stage" else None
         self.columns = None
         if config.ensemble_lambda is not None:
             self.columns = self._ensemble_columns()
@@ -256,7 +260,7 @@ class Benchmark:
         if model.label in self.single_pass:
             encoder = self.single_pass[model.label]
             image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).to(clip.device)
-            features = encoder(image, patch_coverage(masks.to(clip.device), encoder.grid(*masks.shape[1:])))
+            features = encoder(image, patch_coverage(masks, encoder.grid(*masks.shape[1:]), clip.device))
             return (TEMPERATURE * features.to(classes.device) @ classes.t()).softmax(-1).cpu()
         key = (clip.image_size, clip.fill_rgb, clip.device)
         if key not in crops:

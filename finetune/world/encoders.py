@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS), choices=list(ENCODERS), metavar="NAME",
                         help=f"encoders to compare, the first is the reference (default: all: {', '.join(ENCODERS)})")
     args = parser.parse_args(argv)
+    if args.encoders[0] != "crops":
+        parser.error("--encoders: the first is the reference the others are compared with, and must be crops")
     out = Path(args.out)
     rows = measure(out, args.scenes, args.seed, args.proposals, args.encoders, args.clip or world_spec(),
                    not args.no_progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,6 +126,8 @@ def test_the_whole_loop_on_a_tiny_world(tmp_path):
     assert trained_on["filter"] == "mutual_best" and trained_on["epochs"] >= report["models"]["mpt"]["trained_on"]["epochs"]
     assert "unseen" in format_report(report)
     assert (tmp_path / "loop" / "world_report.json").exists()
+    assert Path(report["report_html"]) == tmp_path / "loop" / "corpus-annotations" / "report.html"
+    assert Path(report["report_html"]).stat().st_size > 10_000
 
 
 def test_small_clip_trainer_writes_loadable_weights_and_its_log(tmp_path):

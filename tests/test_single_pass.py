@@ -4,6 +4,7 @@ the executor and batch sizes."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def test_patch_coverage_counts_the_share_of_each_patch_inside():
 def test_mask_prompts_and_towers_without_a_class_token_are_refused(tiny_clip, tmp_path):
     from dataengine.prompts import MaskPromptedViT
 
-    prompted = type(tiny_clip)(**{**tiny_clip.__dict__, "prompts": MaskPromptedViT(tiny_clip.model.visual, depth=1)})
+    prompted = dataclasses.replace(tiny_clip, prompts=MaskPromptedViT(tiny_clip.model.visual, depth=1))
     try:
         with pytest.raises(SinglePassError, match="does not use mask prompts"):
             SinglePassEncoder(prompted)

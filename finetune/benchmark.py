@@ -6,9 +6,10 @@ Protocols:
   predictions paint (the method's "GT masks + CLIP" oracle).
 - `two-stage`: proposals from a registered generator (the engine's own generators and
   post-processing), each classified by CLIP (softmax at temperature 100), optionally ensembled
-  with the generator's class scores, p = p_gen^(1 - lambda) * p_clip^lambda, on the classes whose
-  names the generator knows (a MaskFormer's own labels; CLIP alone decides the others); per pixel the class
-  maximising the sum over proposals covering it; pixels no proposal covers count as misses.
+  with the generator's class scores, p ~ p_gen^(1 - lambda) * p_clip^lambda over every class,
+  renormalized (`generator_distribution` says what a closed-vocabulary generator's probability of
+  a class it does not name is); per pixel the class maximising the sum over proposals covering it;
+  pixels no proposal covers count as misses.
 
 Regions are prepared exactly as for mining (tight box, outside pixels at the CLIP mean, 224
 bicubic), so train and test see the same kind of input. Every model sees the same regions. With
@@ -183,14 +184,37 @@ def generator_columns(labels: tuple[str, ...], class_names: list[str]) -> list[i
     return [index.get(_label_key(name)) for name in class_names]
 
 
+# The method's ensemble weight of CLIP per dataset (method reference; OVSeg's configs): 0.7 for ADE,
+# 0.6 for Pascal (Context and VOC). COCO has no published weight.
+ENSEMBLE_PRESETS = {"ade20k-150": 0.7, "ade20k-847": 0.7, "pc-59": 0.6, "pc-459": 0.6, "voc": 0.6}
+
+
+def generator_distribution(class_probs: np.ndarray, columns: list[int | None]) -> torch.Tensor:
+    """(R, L) generator probabilities over its own labels (no-object excluded, summing to 1) ->
+    (R, C) probabilities over every benchmark class, summing to 1.
+
+    A class the generator names takes the probability of that label. The mass left on labels that
+    name no benchmark class is spread evenly over the classes the generator does not name: a
+    closed-vocabulary generator says of those only that they are none of its own classes. When it
+    names every class, the named probabilities are renormalized."""
+    probs = torch.from_numpy(np.asarray(class_probs, dtype=np.float64))
+    known = [c for c, column in enumerate(columns) if column is not None]
+    unknown = [c for c, column in enumerate(columns) if column is None]
+    result = torch.zeros((len(probs), len(columns)), dtype=torch.float64)
+    result[:, known] = probs[:, [columns[c] for c in known]]
+    if unknown:
+        leftover = (1.0 - result.sum(1, keepdim=True)).clamp_min(0.0)
+        result[:, unknown] = leftover / len(unknown)
+    return (result / result.sum(1, keepdim=True).clamp_min(1e-12)).float()
+
+
 def ensemble_with_generator(p_clip: torch.Tensor, proposals: Proposals, columns: list[int | None],
                             weight: float) -> torch.Tensor:
-    """The geometric ensemble on the classes the generator knows; CLIP alone on the others."""
-    known = [c for c, column in enumerate(columns) if column is not None]
-    p_gen = torch.from_numpy(proposals.class_probs[:, [columns[c] for c in known]]).float()
-    mixed = p_clip.clone()
-    mixed[:, known] = ensemble(p_clip[:, known], p_gen, weight)
-    return mixed
+    """The method's geometric ensemble over every class, p ~ p_gen^(1 - weight) * p_clip^weight,
+    renormalized per region: weight 0 is the generator alone, 1 is CLIP alone."""
+    p_gen = generator_distribution(proposals.class_probs, columns)
+    mixed = ensemble(p_clip.float(), p_gen, weight)
+    return mixed / mixed.sum(1, keepdim=True)
 
 
 class Benchmark:
@@ -295,8 +319,49 @@ class Benchmark:
                 "ensemble_lambda": config.ensemble_lambda,
                 "encoder": {"name": config.encoder, "single_pass_long_side": config.single_pass_long_side,
                             "single_pass_blocks": config.single_pass_blocks},
+                "settings": protocol_settings(config, len(self.dataset.classes)),
                 "classes": len(self.dataset.classes), "images": images, "regions": regions_total,
                 "seconds": round(seconds, 2), "models": models}
+
+
+def protocol_settings(config: BenchConfig, classes: int) -> dict:
+    """Everything that decides what a figure means: two reports are comparable only when these match."""
+    return {"dataset": config.dataset, "classes": classes, "protocol": config.protocol,
+            "proposals": config.proposals if config.protocol == "two-stage" else None,
+            "ensemble_lambda": config.ensemble_lambda, "encoder": config.encoder,
+            "single_pass_long_side": config.single_pass_long_side, "single_pass_blocks": config.single_pass_blocks,
+            "limit": config.limit, "temperature": TEMPERATURE,
+            "region_preprocessing": "engine: 8-bit fill at the CLIP mean, antialiased bicubic resize to the model's size",
+            "test_resolution": "as stored (no resizing)", "uncovered_pixels": "misses"}
+
+
+def compare_reports(paths: list[str], allow_mismatch: bool = False) -> str:
+    """A side-by-side table of the models of several bench reports; reports whose protocol settings
+    differ are refused (or, with `allow_mismatch`, compared with a warning naming the differences)."""
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"--compare: cannot read {path} ({type(error).__name__})") from None
+    settings = [report.get("settings") for report in reports]
+    if any(s is None for s in settings):
+        raise ConfigError("--compare: a report without protocol settings (written before they were recorded): "
+                          "run the benchmark again")
+    differences = sorted({key for s in settings[1:] for key in set(s) | set(settings[0]) if s.get(key) != settings[0].get(key)})
+    lines = []
+    if differences:
+        detail = "; ".join(f"{key}: " + " vs ".join(json.dumps(s.get(key)) for s in settings) for key in differences)
+        if not allow_mismatch:
+            raise ConfigError(f"--compare: the reports were measured under different protocols ({detail}); "
+                              "their numbers do not mean the same thing (--allow-mismatch compares them anyway)")
+        lines.append(f"WARNING: different protocols: {detail}")
+    lines.append(f"{'report':<28}{'model':<20}{'mIoU':>8}{'pixel acc':>11}{'region acc':>12}")
+    for path, report in zip(paths, reports, strict=True):
+        for label, result in report["models"].items():
+            lines.append(f"{Path(path).name:<28}{label:<20}{_cell(result.get('mIoU')):>8}"
+                         f"{_cell(result.get('pixel_accuracy')):>11}{_cell(result.get('region_accuracy')):>12}")
+    return "\n".join(lines)
 
 
 def format_table(report: dict) -> str:

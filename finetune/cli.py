@@ -242,9 +242,9 @@ def add_bench_parser(commands) -> None:
 
 
 def add_bench_arguments(parser, datasets, protocols) -> None:
-    parser.add_argument("--dataset", required=True, choices=tuple(datasets), metavar="NAME",
-                        help=f"one of {', '.join(datasets)}")
-    parser.add_argument("--root", required=True, metavar="DIR",
+    parser.add_argument("--dataset", choices=tuple(datasets), metavar="NAME",
+                        help=f"one of {', '.join(datasets)} (required, unless --compare)")
+    parser.add_argument("--root", metavar="DIR",
                         help="the dataset in its standard layout (ADEChallengeData2016, ADE20K_2021_17_01, "
                              "VOCdevkit/VOC2010, VOCdevkit/VOC2012, or a COCO folder with its instances JSON)")
     parser.add_argument("--clip", metavar="SPEC", help="open_clip NAME[@PRETRAINED_OR_PATH], or a finetune output folder "
@@ -257,9 +257,10 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
                         help=f"{' | '.join(protocols)} (default: gt-masks)")
     parser.add_argument("--proposals", default="classical", metavar="GEN",
                         help="two-stage: classical | hf:MODEL_ID_OR_PATH (default: classical)")
-    parser.add_argument("--ensemble-lambda", type=float, metavar="L",
-                        help="two-stage: weight of CLIP in the geometric ensemble with the generator's class scores "
-                             "(the method: 0.7 ADE, 0.6 Pascal; needs a generator that scores class names)")
+    parser.add_argument("--ensemble-lambda", metavar="L|method",
+                        help="two-stage: weight of CLIP in the geometric ensemble with the generator's class scores, "
+                             "over every class and renormalized; `method` takes the method's weight for --dataset "
+                             "(0.7 ADE, 0.6 Pascal Context and VOC); needs a generator that scores class names")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="regions per CLIP forward (default: 32)")
     parser.add_argument("--encoder", default="crops", choices=ENCODERS, metavar="E",
@@ -271,8 +272,14 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
                         help="single-pass: region tokens join before the last N blocks (default: all)")
     parser.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of randomly initialised models (default: 0)")
-    parser.add_argument("--out", required=True, metavar="RESULT.json", help="where to write the results as JSON")
+    parser.add_argument("--out", metavar="RESULT.json", help="where to write the results as JSON (required, unless "
+                                                            "--compare)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--compare", nargs="+", metavar="RESULT.json",
+                        help="instead of a benchmark: print the models of earlier reports side by side; reports "
+                             "measured under different protocol settings are refused")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="with --compare: compare reports of different protocols anyway, with a warning")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -281,8 +288,17 @@ def run_bench(args: argparse.Namespace) -> int:
     from .benchmark import BenchConfig, Benchmark, format_table, write_report
     from .models import load_eval_model, parse_model_argument
 
+    if args.compare:
+        from .benchmark import compare_reports
+
+        print(compare_reports(args.compare, args.allow_mismatch))
+        return 0
+    for flag, value in (("--dataset", args.dataset), ("--root", args.root), ("--out", args.out)):
+        if value is None:
+            raise ConfigError(f"{flag} is required (unless --compare)")
     device = resolve_device(args.device)
-    config = BenchConfig(args.dataset, args.root, args.protocol, args.proposals, args.ensemble_lambda, args.limit,
+    config = BenchConfig(args.dataset, args.root, args.protocol, args.proposals,
+                         ensemble_weight(args.ensemble_lambda, args.dataset), args.limit,
                          args.batch_size, device, not args.no_progress, args.encoder, args.single_pass_long_side,
                          args.single_pass_blocks)
     requested = [parse_model_argument(value) for value in args.model]
@@ -298,6 +314,23 @@ def run_bench(args: argparse.Namespace) -> int:
     print(format_table(report))
     print(f"-> {args.out}")
     return 0
+
+
+def ensemble_weight(value: str | None, dataset: str) -> float | None:
+    """--ensemble-lambda: a number, or `method` for the method's weight on this dataset."""
+    from .benchmark import ENSEMBLE_PRESETS
+
+    if value is None:
+        return None
+    if value == "method":
+        if dataset not in ENSEMBLE_PRESETS:
+            raise ConfigError(f"--ensemble-lambda method: the method publishes no ensemble weight for {dataset} "
+                              f"(it does for {', '.join(ENSEMBLE_PRESETS)}); give a number")
+        return ENSEMBLE_PRESETS[dataset]
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--ensemble-lambda: expected a number in [0, 1] or `method`, got {value!r}") from None
 
 
 def bench_main(argv: list[str] | None = None) -> int:

@@ -126,17 +126,41 @@ def test_generator_labels_map_onto_benchmark_classes_and_ensemble():
     import torch
 
     from dataengine.records import Proposals
-    from finetune.benchmark import ensemble_with_generator, generator_columns
+    from finetune.benchmark import ensemble_with_generator, generator_columns, generator_distribution
 
     columns = generator_columns(("person", "dog", "sky-other-merged", "Bus"), ["bus", "sky", "cat", "person"])
     assert columns == [3, 2, None, 0]
     proposals = Proposals([{}], [0.9], "hf-maskformer", class_probs=np.array([[0.1, 0.2, 0.3, 0.4]]),
                           class_labels=("person", "dog", "sky-other-merged", "Bus"))
     p_clip = torch.tensor([[0.25, 0.25, 0.4, 0.1]])
+    # the generator on the benchmark's classes: bus 0.4, sky 0.3, person 0.1; "dog" (0.2) names no
+    # benchmark class, so its mass goes to the one class the generator does not name, "cat"
+    p_gen = generator_distribution(proposals.class_probs, columns)
+    assert p_gen[0].tolist() == pytest.approx([0.4, 0.3, 0.2, 0.1])
     mixed = ensemble_with_generator(p_clip, proposals, columns, 0.6)
-    assert mixed[0, 2] == p_clip[0, 2]  # the generator does not know "cat": CLIP alone
-    assert mixed[0, 0].item() == pytest.approx(0.4 ** 0.4 * 0.25 ** 0.6)
-    assert mixed[0, 3].item() == pytest.approx(0.1 ** 0.4 * 0.1 ** 0.6)
+    raw = torch.tensor([0.4, 0.3, 0.2, 0.1]) ** 0.4 * p_clip[0] ** 0.6
+    assert mixed[0].tolist() == pytest.approx((raw / raw.sum()).tolist())
+    assert mixed.sum().item() == pytest.approx(1.0)
+
+
+def test_the_ensemble_at_weight_0_is_the_generator_and_at_1_is_clip_on_every_class():
+    import torch
+
+    from dataengine.records import Proposals
+    from finetune.benchmark import ensemble_with_generator, generator_columns, generator_distribution
+
+    labels = ("person", "dog", "sky-other-merged", "Bus", "tree")
+    columns = generator_columns(labels, ["bus", "sky", "cat", "person", "road"])
+    rng = np.random.default_rng(0)
+    generator = rng.dirichlet(np.ones(len(labels)), size=6)
+    proposals = Proposals([{}] * 6, [0.9] * 6, "hf-maskformer", class_probs=generator, class_labels=labels)
+    p_clip = torch.from_numpy(rng.dirichlet(np.ones(5), size=6)).float()
+    assert torch.allclose(ensemble_with_generator(p_clip, proposals, columns, 0.0),
+                          generator_distribution(generator, columns), atol=1e-6)
+    assert torch.allclose(ensemble_with_generator(p_clip, proposals, columns, 1.0), p_clip, atol=1e-6)
+    every = generator_distribution(generator[:, [3, 2, 0]], [0, 1, 2])  # a generator that names every class
+    assert torch.allclose(every.sum(1), torch.ones(6)) and torch.allclose(
+        every, torch.from_numpy(generator[:, [3, 2, 0]] / generator[:, [3, 2, 0]].sum(1, keepdims=True)).float())
 
 
 def test_two_stage_with_a_learned_generator_and_its_ensemble(maskformer_dir, tmp_path):
@@ -150,6 +174,38 @@ def test_two_stage_with_a_learned_generator_and_its_ensemble(maskformer_dir, tmp
     assert report["ensemble_lambda"] == 0.6 and report["images"] == 2
     # classical proposals have no class scores to ensemble with: a clear error, before any work
     assert main([*base, "--proposals", "classical", "--ensemble-lambda", "0.6", "--out", str(tmp_path / "x.json")]) == 2
+    preset = tmp_path / "preset.json"
+    assert main([*base, "--proposals", f"hf:{maskformer_dir}", "--ensemble-lambda", "method", "--out", str(preset)]) == 0
+    assert json.loads(preset.read_text())["settings"]["ensemble_lambda"] == 0.6  # the method's weight for Pascal
+
+
+def test_the_method_ensemble_preset_is_refused_where_the_method_publishes_none(tmp_path, capsys):
+    from dataengine.cli import main
+
+    assert main(["bench", "--dataset", "coco-object", "--root", str(tmp_path), "--ensemble-lambda", "method",
+                 "--out", str(tmp_path / "r.json")]) == 2
+    assert "publishes no ensemble weight for coco-object" in capsys.readouterr().err
+
+
+def test_compare_refuses_reports_of_different_protocols(tmp_path, capsys):
+    from dataengine.cli import main
+
+    base = ["bench", "--dataset", "voc", "--root", str(shared("voc")), "--limit", "2", "--clip", "dataengine-tiny",
+            "--device", "cpu", "--no-progress"]
+    first, second, third = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    assert main([*base, "--out", str(first)]) == 0
+    assert main([*base, "--out", str(second), "--seed", "1"]) == 0  # another model, same protocol
+    assert main([*base, "--out", str(third), "--encoder", "single-pass"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "--compare", str(first), str(second)]) == 0
+    table = capsys.readouterr().out
+    assert "a.json" in table and "b.json" in table and "WARNING" not in table
+    assert main(["bench", "--compare", str(first), str(third)]) == 2
+    assert 'encoder: "crops" vs "single-pass"' in capsys.readouterr().err
+    assert main(["bench", "--compare", str(first), str(third), "--allow-mismatch"]) == 0
+    assert "WARNING: different protocols" in capsys.readouterr().out
+    assert main(["bench", "--dataset", "voc", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--root is required (unless --compare)" in capsys.readouterr().err
 
 
 def test_maskformer_proposals_carry_class_probabilities(maskformer_dir):

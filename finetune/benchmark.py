@@ -120,18 +120,19 @@ def gt_regions(sample: SegSample) -> tuple[torch.Tensor, np.ndarray]:
 
 
 def paint(masks: torch.Tensor, probabilities: torch.Tensor, chunk: int = 16384) -> np.ndarray:
-    """Per pixel, the class with the largest sum over covering masks of their class probability;
-    -1 where no mask covers the pixel. Pixels go in chunks: (classes x pixels) stays small even for
-    847 classes on large images."""
+    """MaskFormer's semantic inference: per pixel, the class with the largest sum over masks of mask
+    value x class probability. `masks`: (R, H, W) bool, or float in [0, 1] (soft masks). -1 where
+    every mask is 0 (no proposal covers the pixel). Pixels go in chunks: (classes x pixels) stays
+    small even for 847 classes on large images."""
     height, width = masks.shape[1:]
     prediction = torch.full((height * width,), -1, dtype=torch.long)
     if len(masks):
         flat = masks.reshape(len(masks), -1)
         by_class = probabilities.float().t()  # (C, R)
         for start in range(0, height * width, chunk):
-            part = flat[:, start : start + chunk]
-            best = (by_class @ part.float()).argmax(0)
-            prediction[start : start + chunk] = torch.where(part.any(0), best, -1)
+            part = flat[:, start : start + chunk].float()
+            best = (by_class @ part).argmax(0)
+            prediction[start : start + chunk] = torch.where(part.sum(0) > 0, best, -1)
     return prediction.reshape(height, width).numpy()
 
 

@@ -222,3 +222,57 @@ def test_maskformer_proposals_carry_class_probabilities(maskformer_dir):
     assert np.allclose(proposals.class_probs.sum(1), 1.0)
     kept = proposals.filter(np.arange(len(proposals))[::2])
     assert np.array_equal(kept.class_probs, proposals.class_probs[::2])
+
+
+def oracle_labels() -> np.ndarray:
+    """A 4x6 label map: class 0 left, class 1 top right, class 2 bottom right, one ignored pixel (IGNORE)."""
+    labels = np.zeros((4, 6), dtype=np.int64)
+    labels[:2, 3:] = 1
+    labels[2:, 3:] = 2
+    labels[0, 0] = IGNORE
+    return labels
+
+
+def two_stage_miou(masks, probabilities, labels, classes=3) -> dict:
+    import torch
+
+    from finetune.benchmark import paint
+    from finetune.metrics import ConfusionMatrix
+
+    matrix = ConfusionMatrix(classes)
+    matrix.update(paint(torch.as_tensor(masks), torch.as_tensor(probabilities, dtype=torch.float32)), labels)
+    return matrix.results()
+
+
+def test_oracle_ground_truth_masks_and_a_classifier_always_right_give_miou_100():
+    labels = oracle_labels()
+    masks = np.stack([labels == c for c in range(3)])
+    assert two_stage_miou(masks, np.eye(3), labels)["mIoU"] == 100.0
+
+
+def test_oracle_a_classifier_that_always_answers_one_class_matches_a_hand_computation():
+    labels = oracle_labels()
+    masks = np.stack([labels == c for c in range(3)])
+    always_zero = np.tile([[0.9, 0.05, 0.05]], (3, 1))
+    result = two_stage_miou(masks, always_zero, labels)
+    # 23 labelled pixels, all predicted 0: class 0 has 11 pixels, so IoU 11/23; classes 1 and 2: 0
+    assert result["mIoU"] == pytest.approx(100 * (11 / 23) / 3, abs=1e-2)
+    assert result["pixel_accuracy"] == pytest.approx(100 * 11 / 23, abs=1e-2)
+
+
+def test_oracle_soft_masks_of_known_values_paint_a_hand_worked_map():
+    import torch
+
+    from finetune.benchmark import paint
+
+    # two queries over a 1x3 image: query A (class 0 for sure) with mask values 0.9, 0.5, 0.0;
+    # query B (70% class 1, 30% class 0) with 0.2, 0.6, 0.0.
+    # pixel 0: class 0 = 0.9 + 0.2*0.3 = 0.96, class 1 = 0.14 -> 0
+    # pixel 1: class 0 = 0.5 + 0.6*0.3 = 0.68, class 1 = 0.42 -> 0
+    masks = torch.tensor([[[0.9, 0.5, 0.0]], [[0.2, 0.6, 0.0]]])
+    probabilities = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    assert paint(masks, probabilities).tolist() == [[0, 0, -1]]  # pixel 2: no mass at all, a miss
+    # a stronger B: mask 0.9 on pixel 1 -> class 0 = 0.5 + 0.27 = 0.77, class 1 = 0.63 -> still 0;
+    # B certain of class 1 -> class 0 = 0.5, class 1 = 0.9 -> 1
+    masks[1, 0, 1] = 0.9
+    assert paint(masks, torch.tensor([[1.0, 0.0], [0.0, 1.0]])).tolist() == [[0, 1, -1]]

@@ -40,6 +40,10 @@ from .metrics import ConfusionMatrix
 from .models import EvalModel
 
 TEMPERATURE = 100.0
+# Test-time resizing of the method (detectron2's ResizeShortestEdge, bilinear): shortest side 640,
+# longest at most 2560, for every dataset it reports (its evaluation config is shared across them).
+TEST_SIZES = {"ade20k-150": (640, 2560), "ade20k-847": (640, 2560), "pc-59": (640, 2560), "pc-459": (640, 2560),
+              "voc": (640, 2560), "coco-object": (640, 2560)}
 
 
 @dataclass
@@ -54,6 +58,9 @@ class BenchConfig:
     device: str = "cpu"
     progress: bool = True
     encoder: str = "crops"  # crops | single-pass, as match.encoder
+    test_resize: bool = True  # two-stage protocols: resize images as the method tests them (TEST_SIZES)
+    test_short_side: int | None = None  # ... to this shortest side; None: the dataset's
+    test_max_size: int | None = None  # ... and at most this longest side; None: the dataset's
     single_pass_long_side: int | None = None  # as match.single_pass_long_side
     single_pass_blocks: int | None = None  # as match.single_pass_blocks
 
@@ -69,7 +76,8 @@ class BenchConfig:
         if self.encoder not in ENCODERS:
             raise ConfigError(f"--encoder: expected one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         for flag, value in (("--single-pass-long-side", self.single_pass_long_side),
-                            ("--single-pass-blocks", self.single_pass_blocks)):
+                            ("--single-pass-blocks", self.single_pass_blocks), ("--test-short-side", self.test_short_side),
+                            ("--test-max-size", self.test_max_size)):
             if value is not None and value < 1:
                 raise ConfigError(f"{flag}: must be at least 1, got {value}")
 
@@ -145,12 +153,18 @@ def paint_disjoint(masks: torch.Tensor, classes: np.ndarray) -> np.ndarray:
 
 
 class ProposalSource:
-    """The engine's proposal stage (generator + shared post-processing) on benchmark images."""
+    """The engine's proposal stage (generator + shared post-processing) on benchmark images, or
+    with `raw`, the generator's own output: every proposal (every query of a MaskFormer, whatever
+    its score), no area filter, no NMS."""
 
-    def __init__(self, spec: str, device: str):
+    def __init__(self, spec: str, device: str, raw: bool = False):
         from dataengine.stages import ProposalStage
 
-        config = MineConfig(proposals=from_dict(ProposalConfig, {"generator": spec}, "proposals"))
+        settings = {"generator": spec}
+        if raw:
+            settings.update(min_area=0.0, max_area=1.0, nms_iou=1.0, max_proposals=10**6, hf={"score_threshold": 0.0})
+        config = MineConfig(proposals=from_dict(ProposalConfig, settings, "proposals"))
+        self.raw = raw
         self.stage = ProposalStage(config, device)
         if self.stage.generator_type.needs_annotations:
             raise ConfigError("--proposals: annotations needs instance annotations; benchmarks use "
@@ -161,11 +175,32 @@ class ProposalSource:
     def scores_classes(self) -> bool:
         return self.stage.generator.scores_classes
 
+    def soft_masks(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+        """(soft masks (R, H, W) float, their binarized masks (R, H, W) bool, class probabilities or
+        None) of every proposal: a MaskFormer's mask probabilities of every query, binarized at
+        --mask-threshold as the method does for CLIP (queries with an empty binary mask are
+        dropped); other generators' binary masks, as 0/1."""
+        generator = self.stage.generator
+        height, width = image.shape[:2]
+        if hasattr(generator, "soft_masks"):
+            record = Sample(key="", image_id="", source="", captions=[], image=image, height=height, width=width)
+            soft, class_probs = generator.soft_masks(record)
+            binary = soft > generator.config.mask_threshold
+            kept = binary.flatten(1).any(1)
+            return soft[kept], binary[kept], class_probs[kept.numpy()]
+        binary, proposals = self.proposals(SegSample("", image, np.zeros((height, width), dtype=np.int64)))
+        class_probs = proposals.class_probs if proposals is not None else None
+        return binary.float(), binary, class_probs
+
     def proposals(self, sample: SegSample) -> tuple[torch.Tensor, Proposals | None]:
-        height, width = sample.labels.shape
+        height, width = sample.image.shape[:2]
         record = Sample(key=sample.key, image_id=sample.key, source=sample.key, captions=[], image=sample.image,
                         height=height, width=width)
-        self.stage.process_batch([record])
+        if self.raw:  # the generator's own output, none of the shared post-processing
+            self.stage.setup()
+            record.proposals = self.stage.generator.generate_batch([record])[0]
+        else:
+            self.stage.process_batch([record])
         if record.proposals is None or not len(record.proposals):
             return torch.zeros((0, height, width), dtype=torch.bool), None
         return torch.from_numpy(record.proposals.decode()), record.proposals
@@ -209,13 +244,51 @@ def generator_distribution(class_probs: np.ndarray, columns: list[int | None]) -
     return (result / result.sum(1, keepdim=True).clamp_min(1e-12)).float()
 
 
-def ensemble_with_generator(p_clip: torch.Tensor, proposals: Proposals, columns: list[int | None],
+def ensemble_with_generator(p_clip: torch.Tensor, class_probs: np.ndarray, columns: list[int | None],
                             weight: float) -> torch.Tensor:
     """The method's geometric ensemble over every class, p ~ p_gen^(1 - weight) * p_clip^weight,
-    renormalized per region: weight 0 is the generator alone, 1 is CLIP alone."""
-    p_gen = generator_distribution(proposals.class_probs, columns)
+    renormalized per region (`class_probs`: the generator's, over its own labels): weight 0 is the
+    generator alone, 1 is CLIP alone."""
+    p_gen = generator_distribution(class_probs, columns)
     mixed = ensemble(p_clip.float(), p_gen, weight)
     return mixed / mixed.sum(1, keepdim=True)
+
+
+def resize_shortest_edge(image: np.ndarray, short: int, longest: int) -> np.ndarray:
+    """The image resized (PIL bilinear, as detectron2's ResizeShortestEdge) so that its shortest side
+    is `short` and its longest at most `longest`; unchanged when it already is."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    scale = short / min(height, width)
+    if max(height, width) * scale > longest:
+        scale = longest / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size == (width, height):
+        return image
+    return np.array(Image.fromarray(image).resize(size, Image.BILINEAR))  # writable, for torch
+
+
+@dataclass
+class Regions:
+    """The regions of one benchmark image: the image they were found on (resized for two-stage),
+    their binary masks for CLIP, their true classes (gt-masks), the soft masks to paint (two-stage)
+    and the generator's class probabilities (for the ensemble)."""
+
+    image: np.ndarray
+    masks: torch.Tensor
+    classes: np.ndarray | None = None
+    soft: torch.Tensor | None = None
+    class_probs: np.ndarray | None = None
+
+    def painted(self, shape: tuple[int, int]) -> torch.Tensor:
+        """The masks to paint, at the labels' size: bilinear upsampling commutes with the painting's
+        sum of mask x probability, so this is the method's resizing of the class scores."""
+        masks = self.soft if self.soft is not None else self.masks
+        if tuple(masks.shape[1:]) == tuple(shape):
+            return masks
+        resized = torch.nn.functional.interpolate(masks[None].float(), size=shape, mode="bilinear", align_corners=False)
+        return resized[0]
 
 
 class Benchmark:
@@ -227,7 +300,8 @@ class Benchmark:
         self.dataset = open_dataset(config.dataset, config.root)
         self.single_pass = {m.label: SinglePassEncoder(m.clip, config.single_pass_blocks, config.single_pass_long_side)
                             for m in models if config.encoder == "single-pass"}  # refused before proposals load
-        self.proposals = ProposalSource(config.proposals, config.device) if config.protocol == "two-stage" else None
+        self.proposals = (ProposalSource(config.proposals, config.device, raw=config.protocol == "two-stage")
+                          if config.protocol != "gt-masks" else None)
         self.columns = None
         if config.ensemble_lambda is not None:
             self.columns = self._ensemble_columns()
@@ -235,7 +309,7 @@ class Benchmark:
     def _ensemble_columns(self) -> list[int | None]:
         config = self.config
         if self.proposals is None or not self.proposals.scores_classes:
-            raise ConfigError(f"--ensemble-lambda: needs --protocol two-stage and a generator with class scores "
+            raise ConfigError(f"--ensemble-lambda: needs a two-stage protocol and a generator with class scores "
                               f"(hf: MaskFormer / Mask2Former); {config.proposals} has none")
         labels = self.proposals.stage.generator.class_labels
         columns = generator_columns(labels, self.dataset.classes)
@@ -257,47 +331,72 @@ class Benchmark:
         for sample in self.dataset:
             if images >= total:
                 break
-            masks, region_classes, proposals = self._regions(sample)
+            regions = self._regions(sample)
+            masks, region_classes = regions.masks, regions.classes
             regions_total += len(masks)
             if region_classes is not None:
                 np.add.at(region_counts, region_classes, 1)
             crops = {}  # models that share input size, fill and device share the crops
             for model in self.models:
-                probabilities = self._classify(model, sample, masks, text[model.label], crops)
-                if self.columns is not None and proposals is not None:
-                    probabilities = ensemble_with_generator(probabilities, proposals, self.columns,
+                probabilities = self._classify(model, regions.image, masks, text[model.label], crops)
+                if self.columns is not None and regions.class_probs is not None:
+                    probabilities = ensemble_with_generator(probabilities, regions.class_probs, self.columns,
                                                             config.ensemble_lambda)
                 if region_classes is not None:
                     predicted = probabilities.argmax(1).numpy()
                     np.add.at(region_hits[model.label], region_classes[predicted == region_classes], 1)
                     matrices[model.label].update(paint_disjoint(masks, predicted), sample.labels)
                 else:
-                    matrices[model.label].update(paint(masks, probabilities), sample.labels)
+                    matrices[model.label].update(paint(regions.painted(sample.labels.shape), probabilities),
+                                                 sample.labels)
             images += 1
             bar.update(1)
         bar.close()
         return self._report(matrices, region_hits, region_counts, regions_total, images, time.perf_counter() - started)
 
-    def _classify(self, model: EvalModel, sample: SegSample, masks: torch.Tensor, classes: torch.Tensor,
+    def _classify(self, model: EvalModel, image: np.ndarray, masks: torch.Tensor, classes: torch.Tensor,
                   crops: dict) -> torch.Tensor:
         """(R, C) class probabilities of an image's regions, by the configured encoder."""
         config, clip = self.config, model.clip
         if model.label in self.single_pass:
             encoder = self.single_pass[model.label]
-            image = torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1).to(clip.device)
-            features = encoder(image, patch_coverage(masks, encoder.grid(*masks.shape[1:]), clip.device))
+            pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(clip.device)
+            features = encoder(pixels, patch_coverage(masks, encoder.grid(*masks.shape[1:]), clip.device))
             return (TEMPERATURE * features.to(classes.device) @ classes.t()).softmax(-1).cpu()
         key = (clip.image_size, clip.fill_rgb, clip.device)
         if key not in crops:
-            crops[key] = region_crops(sample.image, masks, *key, config.batch_size)
+            crops[key] = region_crops(image, masks, *key, config.batch_size)
         return classify_crops(model, *crops[key], classes, config.batch_size)
 
-    def _regions(self, sample: SegSample) -> tuple[torch.Tensor, np.ndarray | None, Proposals | None]:
-        """(masks, their true classes for gt-masks, the generator's proposals for two-stage)."""
+    def _regions(self, sample: SegSample) -> Regions:
+        """gt-masks: the ground-truth class regions. two-stage-binary: the generator's proposals after
+        the engine's post-processing. two-stage: every proposal, soft masks where the generator has
+        them. Both two-stage protocols work on the image resized as the method tests it."""
         if self.proposals is None:
-            return (*gt_regions(sample), None)
-        masks, proposals = self.proposals.proposals(sample)
-        return masks, None, proposals
+            masks, classes = gt_regions(sample)
+            return Regions(sample.image, masks, classes)
+        image = self._test_image(sample.image)
+        if self.config.protocol == "two-stage":
+            soft, masks, class_probs = self.proposals.soft_masks(image)
+            return Regions(image, masks, None, soft, class_probs)
+        masks, proposals = self.proposals.proposals(SegSample(sample.key, image, sample.labels))
+        return Regions(image, masks, None, None, proposals.class_probs if proposals is not None else None)
+
+    def _test_image(self, image: np.ndarray) -> np.ndarray:
+        size = self.test_size
+        return image if size is None else resize_shortest_edge(image, *size)
+
+    @property
+    def test_size(self) -> tuple[int, int] | None:
+        """(shortest side, longest side at most) of two-stage's test-time resizing, or None."""
+        config = self.config
+        if not config.test_resize or config.protocol == "gt-masks":
+            return None
+        default = TEST_SIZES.get(config.dataset)
+        if default is None and config.test_short_side is None:
+            return None
+        short, longest = default or (config.test_short_side, None)
+        return (config.test_short_side or short, config.test_max_size or longest or 10**9)
 
     def _report(self, matrices, region_hits, region_counts, regions_total, images, seconds) -> dict:
         config = self.config
@@ -316,24 +415,31 @@ class Benchmark:
             result["prompts"] = model.prompts is not None
             models[model.label] = result
         return {"dataset": config.dataset, "root": str(config.root), "protocol": config.protocol,
-                "proposals": config.proposals if config.protocol == "two-stage" else None,
+                "proposals": config.proposals if config.protocol != "gt-masks" else None,
                 "ensemble_lambda": config.ensemble_lambda,
                 "encoder": {"name": config.encoder, "single_pass_long_side": config.single_pass_long_side,
                             "single_pass_blocks": config.single_pass_blocks},
-                "settings": protocol_settings(config, len(self.dataset.classes)),
+                "settings": protocol_settings(config, len(self.dataset.classes), self.test_size),
                 "classes": len(self.dataset.classes), "images": images, "regions": regions_total,
                 "seconds": round(seconds, 2), "models": models}
 
 
-def protocol_settings(config: BenchConfig, classes: int) -> dict:
+MASKS = {"gt-masks": "ground-truth class regions",
+         "two-stage": "every proposal of the generator (no area filter, no NMS): a MaskFormer's soft masks of "
+                      "every query (binarized at --mask-threshold for CLIP), others' binary masks",
+         "two-stage-binary": "the generator's binary masks after the engine's area filter and NMS"}
+
+
+def protocol_settings(config: BenchConfig, classes: int, test_size: tuple[int, int] | None) -> dict:
     """Everything that decides what a figure means: two reports are comparable only when these match."""
     return {"dataset": config.dataset, "classes": classes, "protocol": config.protocol,
-            "proposals": config.proposals if config.protocol == "two-stage" else None,
+            "masks": MASKS[config.protocol],
+            "proposals": config.proposals if config.protocol != "gt-masks" else None,
             "ensemble_lambda": config.ensemble_lambda, "encoder": config.encoder,
             "single_pass_long_side": config.single_pass_long_side, "single_pass_blocks": config.single_pass_blocks,
             "limit": config.limit, "temperature": TEMPERATURE,
             "region_preprocessing": "engine: 8-bit fill at the CLIP mean, antialiased bicubic resize to the model's size",
-            "test_resolution": "as stored (no resizing)", "uncovered_pixels": "misses"}
+            "test_size": list(test_size) if test_size else None, "uncovered_pixels": "misses"}
 
 
 def compare_reports(paths: list[str], allow_mismatch: bool = False) -> str:

@@ -254,7 +254,10 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
                         help="a model to compare, repeatable: SPEC is NAME[@PRETRAINED_OR_PATH] or a finetune output "
                              "folder (its finetuned weights and prompts are used)")
     parser.add_argument("--protocol", default="gt-masks", choices=protocols, metavar="P",
-                        help=f"{' | '.join(protocols)} (default: gt-masks)")
+                        help="gt-masks (CLIP classifies each ground-truth class region) | two-stage (the method's: "
+                             "every proposal of the generator, soft masks where it has them, painted by MaskFormer's "
+                             "semantic inference) | two-stage-binary (the generator's binary masks after the engine's "
+                             "area filter and NMS) (default: gt-masks)")
     parser.add_argument("--proposals", default="classical", metavar="GEN",
                         help="two-stage: classical | hf:MODEL_ID_OR_PATH (default: classical)")
     parser.add_argument("--ensemble-lambda", metavar="L|method",
@@ -270,6 +273,13 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
                         help="single-pass: the image's long side in pixels (default: the model's input size)")
     parser.add_argument("--single-pass-blocks", type=int, metavar="N",
                         help="single-pass: region tokens join before the last N blocks (default: all)")
+    parser.add_argument("--test-short-side", type=int, metavar="PIXELS",
+                        help="two-stage protocols: resize each image to this shortest side first, as the method "
+                             "tests (default: the dataset's, 640 for ADE, Pascal Context, VOC and COCO; the world "
+                             "is evaluated as stored)")
+    parser.add_argument("--test-max-size", type=int, metavar="PIXELS",
+                        help="two-stage protocols: ... and to at most this longest side (default: 2560)")
+    parser.add_argument("--no-test-resize", action="store_true", help="evaluate images as stored")
     parser.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of randomly initialised models (default: 0)")
     parser.add_argument("--out", metavar="RESULT.json", help="where to write the results as JSON (required, unless "
@@ -298,9 +308,10 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} is required (unless --compare)")
     device = resolve_device(args.device)
     config = BenchConfig(args.dataset, args.root, args.protocol, args.proposals,
-                         ensemble_weight(args.ensemble_lambda, args.dataset), args.limit,
-                         args.batch_size, device, not args.no_progress, args.encoder, args.single_pass_long_side,
-                         args.single_pass_blocks)
+                         ensemble_weight(args.ensemble_lambda, args.dataset), args.limit, args.batch_size, device,
+                         progress=not args.no_progress, encoder=args.encoder, test_resize=not args.no_test_resize,
+                         test_short_side=args.test_short_side, test_max_size=args.test_max_size,
+                         single_pass_long_side=args.single_pass_long_side, single_pass_blocks=args.single_pass_blocks)
     requested = [parse_model_argument(value) for value in args.model]
     if args.clip or args.prompts or not requested:
         requested.insert(0, ("clip+prompts" if args.prompts else "clip", args.clip or "ViT-B-16@openai"))

@@ -11,7 +11,7 @@ from dataengine.registry import Registry
 MODES = {"mpt": ("mpt",), "ft": ("ft",), "ft+mpt": ("ft", "mpt")}  # a mode is its phases, in order
 PRECISIONS = ("auto", "fp32", "bf16")
 BALANCES = ("none", "sqrt", "inverse")
-PROTOCOLS = ("gt-masks", "two-stage")
+PROTOCOLS = ("gt-masks", "two-stage", "two-stage-binary")
 # Settings that may change between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = {"max_steps", "log_every", "checkpoint_every", "device", "progress"}
 

@@ -1,4 +1,5 @@
-"""Benchmark datasets in their standard layouts, both protocols end to end, several models side by side."""
+"""Benchmark datasets in their standard layouts, every protocol end to end, several models side by side,
+the ensemble, protocol settings and --compare, and oracle tests of the painting."""
 
 from __future__ import annotations
 
@@ -90,18 +91,22 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))
-@pytest.mark.parametrize("protocol", ["gt-masks", "two-stage"])
-def test_both_protocols_end_to_end_with_models_side_by_side(name, protocol, trained_run, tmp_path, capsys):
+@pytest.mark.parametrize("protocol", ["gt-masks", "two-stage", "two-stage-binary"])
+def test_every_protocol_end_to_end_with_models_side_by_side(name, protocol, trained_run, tmp_path, capsys):
     from dataengine.cli import main
 
     out = tmp_path / "result.json"
     args = ["bench", "--dataset", name, "--root", str(shared(name)), "--protocol", protocol, "--limit", "2",
             "--clip", "dataengine-tiny", "--model", f"trained={trained_run}", "--device", "cpu", "--out", str(out),
             "--no-progress"]
-    if protocol == "two-stage":
+    if protocol != "gt-masks":
         args += ["--proposals", "classical"]
     assert main(args) == 0
     report = json.loads(out.read_text())
+    settings = report["settings"]
+    assert settings["protocol"] == protocol and settings["dataset"] == name
+    assert settings["test_size"] == (None if protocol == "gt-masks" else [640, 2560])  # the method's test resizing
+    assert settings["proposals"] == (None if protocol == "gt-masks" else "classical")
     assert report["images"] == 2 and report["regions"] > 0 and set(report["models"]) == {"clip", "trained"}
     assert report["models"]["trained"]["prompts"] and not report["models"]["clip"]["prompts"]
     for result in report["models"].values():
@@ -137,7 +142,7 @@ def test_generator_labels_map_onto_benchmark_classes_and_ensemble():
     # benchmark class, so its mass goes to the one class the generator does not name, "cat"
     p_gen = generator_distribution(proposals.class_probs, columns)
     assert p_gen[0].tolist() == pytest.approx([0.4, 0.3, 0.2, 0.1])
-    mixed = ensemble_with_generator(p_clip, proposals, columns, 0.6)
+    mixed = ensemble_with_generator(p_clip, proposals.class_probs, columns, 0.6)
     raw = torch.tensor([0.4, 0.3, 0.2, 0.1]) ** 0.4 * p_clip[0] ** 0.6
     assert mixed[0].tolist() == pytest.approx((raw / raw.sum()).tolist())
     assert mixed.sum().item() == pytest.approx(1.0)
@@ -155,9 +160,9 @@ def test_the_ensemble_at_weight_0_is_the_generator_and_at_1_is_clip_on_every_cla
     generator = rng.dirichlet(np.ones(len(labels)), size=6)
     proposals = Proposals([{}] * 6, [0.9] * 6, "hf-maskformer", class_probs=generator, class_labels=labels)
     p_clip = torch.from_numpy(rng.dirichlet(np.ones(5), size=6)).float()
-    assert torch.allclose(ensemble_with_generator(p_clip, proposals, columns, 0.0),
+    assert torch.allclose(ensemble_with_generator(p_clip, proposals.class_probs, columns, 0.0),
                           generator_distribution(generator, columns), atol=1e-6)
-    assert torch.allclose(ensemble_with_generator(p_clip, proposals, columns, 1.0), p_clip, atol=1e-6)
+    assert torch.allclose(ensemble_with_generator(p_clip, proposals.class_probs, columns, 1.0), p_clip, atol=1e-6)
     every = generator_distribution(generator[:, [3, 2, 0]], [0, 1, 2])  # a generator that names every class
     assert torch.allclose(every.sum(1), torch.ones(6)) and torch.allclose(
         every, torch.from_numpy(generator[:, [3, 2, 0]] / generator[:, [3, 2, 0]].sum(1, keepdims=True)).float())

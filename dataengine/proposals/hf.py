@@ -99,6 +99,25 @@ class MaskFormerProposals(HFProposals):
         self.model.eval().to(self.device)
 
     def generate_batch(self, samples: list[Sample]) -> list[Proposals]:
+        outputs, class_probs, pixel_masks = self._forward(samples)
+        return [self._image_proposals(outputs.masks_queries_logits[i], class_probs[i], pixel_masks[i], sample)
+                for i, sample in enumerate(samples)]
+
+    def soft_masks(self, sample: Sample):
+        """Every query of one image, none filtered: (Q, H, W) float32 mask probabilities at the image's
+        size, and (Q, labels) class probabilities (no-object excluded, renormalized). This is what
+        MaskFormer's semantic inference sums over; the whole (Q, H, W) tensor is held at once."""
+        import torch
+
+        outputs, class_probs, pixel_masks = self._forward([sample])
+        height, width = sample.image.shape[:2]
+        chunks = [probabilities for _, probabilities in
+                  self._query_probabilities(outputs.masks_queries_logits[0].float(), pixel_masks[0], height, width)]
+        probs = class_probs[0]
+        renormalized = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+        return torch.cat(chunks).cpu() if chunks else torch.zeros((0, height, width)), renormalized
+
+    def _forward(self, samples: list[Sample]):
         import torch
 
         self.setup()
@@ -106,10 +125,7 @@ class MaskFormerProposals(HFProposals):
         with torch.inference_mode():
             outputs = self.model(**inputs)
         class_probs = outputs.class_queries_logits.float().softmax(-1)[..., :-1]  # no-object excluded
-        return [
-            self._image_proposals(outputs.masks_queries_logits[i], class_probs[i], inputs["pixel_mask"][i], sample)
-            for i, sample in enumerate(samples)
-        ]
+        return outputs, class_probs, inputs["pixel_mask"]
 
     def generate(self, sample: Sample) -> Proposals:
         return self.generate_batch([sample])[0]
@@ -119,32 +135,37 @@ class MaskFormerProposals(HFProposals):
         labels = self.model.config.id2label
         return tuple(labels[i] for i in sorted(labels))
 
-    def _image_proposals(self, mask_logits, class_probs, pixel_mask, sample: Sample) -> Proposals:
+    def _query_probabilities(self, mask_logits, pixel_mask, height: int, width: int):
+        """(start, (n, H, W) sigmoid mask probabilities) of the queries, upsampled a memory-bounded
+        chunk at a time at the larger of the padded and the image size (each query is independent)."""
         import torch.nn.functional as F
 
-        objectness = class_probs.amax(-1)
-        keep = objectness >= self.config.hf.score_threshold
-        mask_logits, objectness, class_probs = mask_logits[keep].float(), objectness[keep], class_probs[keep]
-        if not len(objectness):
-            return Proposals([], [], self.name)
         valid_rows, valid_cols = int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum())
-        renormalized = (class_probs / class_probs.sum(-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
-        objectness = objectness.cpu().numpy()
-        height, width = sample.image.shape[:2]
-        # queries upsampled together (each one is independent), at the larger of the padded and the image size
         largest = max((height, width), tuple(pixel_mask.shape[:2]), key=lambda shape: shape[0] * shape[1])
         step = masks_per_chunk(self.mask_pixels, *largest)
-        parts = []
-        for start in range(0, len(objectness), step):
+        for start in range(0, len(mask_logits), step):
             chunk = mask_logits[start : start + step]
             padded = F.interpolate(chunk[None], size=pixel_mask.shape, mode="bilinear", align_corners=False)[0]
             unpadded = padded[:, :valid_rows, :valid_cols]
             full = F.interpolate(unpadded[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             del padded, unpadded
-            masks = (full.sigmoid_() > self.config.mask_threshold).cpu().numpy()
-            del full
-            parts.append(Proposals.from_masks(masks, objectness[start : start + step], self.name,
-                                              renormalized[start : start + step], self.class_labels))
+            yield start, full.sigmoid_()
+
+    def _image_proposals(self, mask_logits, class_probs, pixel_mask, sample: Sample) -> Proposals:
+        objectness = class_probs.amax(-1)
+        keep = objectness >= self.config.hf.score_threshold
+        mask_logits, objectness, class_probs = mask_logits[keep].float(), objectness[keep], class_probs[keep]
+        if not len(objectness):
+            return Proposals([], [], self.name)
+        renormalized = (class_probs / class_probs.sum(-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
+        objectness = objectness.cpu().numpy()
+        height, width = sample.image.shape[:2]
+        parts = []
+        for start, probabilities in self._query_probabilities(mask_logits, pixel_mask, height, width):
+            masks = (probabilities > self.config.mask_threshold).cpu().numpy()
+            count = len(masks)
+            parts.append(Proposals.from_masks(masks, objectness[start : start + count], self.name,
+                                              renormalized[start : start + count], self.class_labels))
         return _joined(parts, self.name, self.class_labels)
 
 

@@ -411,7 +411,7 @@ def run_loop(config: LoopConfig) -> dict:
     models = load_models(runs)  # once, for both protocols (their class embeddings are cached too)
     report["gt_masks"] = evaluate(heldout, models, "gt-masks", config.progress)
     if "classical" in config.proposals:
-        report["two_stage"] = evaluate(heldout, models, "two-stage", config.progress)
+        report["two_stage"] = evaluate(heldout, models, "two-stage-binary", config.progress)
     report["models"] = model_summaries(report, trained_on)
     (out / f"{REPORT}.tmp").write_text(json.dumps(report, indent=2))
     os.replace(out / f"{REPORT}.tmp", out / REPORT)

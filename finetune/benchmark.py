@@ -40,6 +40,9 @@ from .metrics import ConfusionMatrix
 from .models import EvalModel
 
 TEMPERATURE = 100.0
+REGION_PREPROCESSING = {
+    "engine": "as mining: 8-bit fill at the CLIP mean, antialiased bicubic resize (PIL's)",
+    "method": "the method's adapter: normalized first, outside set to 0, F.interpolate bicubic without antialiasing"}
 # Test-time resizing of the method (detectron2's ResizeShortestEdge, bilinear): shortest side 640,
 # longest at most 2560, for every dataset it reports (its evaluation config is shared across them).
 TEST_SIZES = {"ade20k-150": (640, 2560), "ade20k-847": (640, 2560), "pc-59": (640, 2560), "pc-459": (640, 2560),
@@ -63,6 +66,7 @@ class BenchConfig:
     test_max_size: int | None = None  # ... and at most this longest side; None: the dataset's
     single_pass_long_side: int | None = None  # as match.single_pass_long_side
     single_pass_blocks: int | None = None  # as match.single_pass_blocks
+    region_preprocessing: str = "engine"  # engine (as mining: 8-bit, antialiased) | method (the method's adapter)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -75,6 +79,9 @@ class BenchConfig:
             raise ConfigError(f"--batch-size: must be at least 1, got {self.batch_size}")
         if self.encoder not in ENCODERS:
             raise ConfigError(f"--encoder: expected one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.region_preprocessing not in REGION_PREPROCESSING:
+            raise ConfigError(f"--region-preprocessing: expected one of {', '.join(REGION_PREPROCESSING)}, "
+                              f"got {self.region_preprocessing!r}")
         for flag, value in (("--single-pass-long-side", self.single_pass_long_side),
                             ("--single-pass-blocks", self.single_pass_blocks), ("--test-short-side", self.test_short_side),
                             ("--test-max-size", self.test_max_size)):
@@ -108,14 +115,38 @@ def region_crops(image: np.ndarray, masks: torch.Tensor, size: int, fill, device
 
 
 def classify_crops(model: EvalModel, crops: torch.Tensor, crop_masks: torch.Tensor, classes: torch.Tensor,
-                   batch_size: int) -> torch.Tensor:
-    """(R, C) class probabilities of prepared region crops."""
+                   batch_size: int, normalized: bool = False) -> torch.Tensor:
+    """(R, C) class probabilities of prepared region crops (uint8, or already `normalized` floats)."""
     clip = model.clip
+
+    def pixels(start: int) -> torch.Tensor:
+        chunk = crops[start : start + batch_size]
+        return chunk if normalized else normalize(chunk, clip.mean, clip.std)
+
     probabilities = [
-        (TEMPERATURE * model.encode_regions(normalize(crops[start : start + batch_size], clip.mean, clip.std),
-                                            crop_masks[start : start + batch_size]) @ classes.t()).softmax(-1).cpu()
+        (TEMPERATURE * model.encode_regions(pixels(start), crop_masks[start : start + batch_size]) @ classes.t())
+        .softmax(-1).cpu()
         for start in range(0, len(crops), batch_size)]
     return torch.cat(probabilities) if probabilities else torch.zeros(0, len(classes))
+
+
+def method_region_crops(image: np.ndarray, masks: torch.Tensor, size: int, mean, std,
+                        device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Region crops as the method's released adapter makes them: the image normalized first, the
+    outside of the mask set to 0 (the mean), the tight box cropped and resized by `F.interpolate`
+    bicubic without antialiasing (in float: no 8-bit rounding); crop masks nearest."""
+    import torch.nn.functional as F
+
+    pixels = normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device), mean, std)[0]
+    masks = masks.to(device)
+    crops = torch.empty((len(masks), 3, size, size), device=device)
+    crop_masks = torch.empty((len(masks), size, size), dtype=torch.bool, device=device)
+    for region, (x, y, w, h) in enumerate(tight_boxes(masks).tolist()) if len(masks) else []:
+        mask = masks[region, y : y + h, x : x + w]
+        crop = pixels[:, y : y + h, x : x + w] * mask
+        crops[region] = F.interpolate(crop[None], size=(size, size), mode="bicubic", align_corners=False)[0]
+        crop_masks[region] = F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")[0, 0] > 0
+    return crops, crop_masks
 
 
 def gt_regions(sample: SegSample) -> tuple[torch.Tensor, np.ndarray]:
@@ -363,6 +394,11 @@ class Benchmark:
             pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(clip.device)
             features = encoder(pixels, patch_coverage(masks, encoder.grid(*masks.shape[1:]), clip.device))
             return (TEMPERATURE * features.to(classes.device) @ classes.t()).softmax(-1).cpu()
+        if config.region_preprocessing == "method":
+            key = ("method", clip.image_size, clip.mean, clip.std, clip.device)
+            if key not in crops:
+                crops[key] = method_region_crops(image, masks, *key[1:])
+            return classify_crops(model, *crops[key], classes, config.batch_size, normalized=True)
         key = (clip.image_size, clip.fill_rgb, clip.device)
         if key not in crops:
             crops[key] = region_crops(image, masks, *key, config.batch_size)
@@ -438,7 +474,7 @@ def protocol_settings(config: BenchConfig, classes: int, test_size: tuple[int, i
             "ensemble_lambda": config.ensemble_lambda, "encoder": config.encoder,
             "single_pass_long_side": config.single_pass_long_side, "single_pass_blocks": config.single_pass_blocks,
             "limit": config.limit, "temperature": TEMPERATURE,
-            "region_preprocessing": "engine: 8-bit fill at the CLIP mean, antialiased bicubic resize to the model's size",
+            "region_preprocessing": config.region_preprocessing if config.encoder == "crops" else None,
             "test_size": list(test_size) if test_size else None, "uncovered_pixels": "misses"}
 
 

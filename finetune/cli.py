@@ -280,6 +280,10 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
     parser.add_argument("--test-max-size", type=int, metavar="PIXELS",
                         help="two-stage protocols: ... and to at most this longest side (default: 2560)")
     parser.add_argument("--no-test-resize", action="store_true", help="evaluate images as stored")
+    parser.add_argument("--region-preprocessing", default="engine", choices=("engine", "method"), metavar="P",
+                        help="crops: engine (as mining, PIL's way: 8-bit fill at the CLIP mean, antialiased bicubic; "
+                             "default) | method (the method's released adapter: normalize, fill 0, F.interpolate "
+                             "bicubic without antialiasing)")
     parser.add_argument("--device", default="auto", metavar="DEVICE", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of randomly initialised models (default: 0)")
     parser.add_argument("--out", metavar="RESULT.json", help="where to write the results as JSON (required, unless "
@@ -311,7 +315,8 @@ def run_bench(args: argparse.Namespace) -> int:
                          ensemble_weight(args.ensemble_lambda, args.dataset), args.limit, args.batch_size, device,
                          progress=not args.no_progress, encoder=args.encoder, test_resize=not args.no_test_resize,
                          test_short_side=args.test_short_side, test_max_size=args.test_max_size,
-                         single_pass_long_side=args.single_pass_long_side, single_pass_blocks=args.single_pass_blocks)
+                         single_pass_long_side=args.single_pass_long_side, single_pass_blocks=args.single_pass_blocks,
+                         region_preprocessing=args.region_preprocessing)
     requested = [parse_model_argument(value) for value in args.model]
     if args.clip or args.prompts or not requested:
         requested.insert(0, ("clip+prompts" if args.prompts else "clip", args.clip or "ViT-B-16@openai"))

@@ -281,3 +281,34 @@ def test_oracle_soft_masks_of_known_values_paint_a_hand_worked_map():
     # B certain of class 1 -> class 0 = 0.5, class 1 = 0.9 -> 1
     masks[1, 0, 1] = 0.9
     assert paint(masks, torch.tensor([[1.0, 0.0], [0.0, 1.0]])).tolist() == [[0, 1, -1]]
+
+
+def test_the_method_region_preprocessing_differs_from_the_engine_only_by_rounding_and_antialiasing():
+    import torch
+
+    from dataengine.regions import normalize
+    from finetune.benchmark import method_region_crops, region_crops
+
+    rows, cols = np.mgrid[0:60, 0:80]
+    image = np.stack([2 * rows + 40, 2 * cols + 30, rows + cols + 50], -1).astype(np.uint8)  # smooth: no overshoot
+    masks = torch.zeros((2, 60, 80), dtype=torch.bool)
+    masks[0, 10:40, 20:50] = True  # both upscaled to 224: antialiasing does nothing
+    masks[1, 5:55, 5:75] = True
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    fill = tuple(255 * m for m in mean)
+    engine, engine_masks = region_crops(image, masks, 224, fill, "cpu", 8)
+    method, method_masks = method_region_crops(image, masks, 224, mean, std, "cpu")
+    assert method.shape == (2, 3, 224, 224) and method.dtype == torch.float32
+    assert torch.equal(method_masks, engine_masks)  # both nearest: the same crop masks
+    difference = (method - normalize(engine, mean, std)).abs()
+    assert difference.max() < 0.05  # upscaled: only the 8-bit rounding of the pixels and of the fill differs
+    assert method[0][:, ~method_masks[0]].abs().max() < 1e-6  # outside the mask: 0, the normalized mean
+
+
+def test_bench_records_its_region_preprocessing(tmp_path):
+    from dataengine.cli import main
+
+    out = tmp_path / "method.json"
+    assert main(["bench", "--dataset", "voc", "--root", str(shared("voc")), "--limit", "1", "--clip", "dataengine-tiny",
+                 "--device", "cpu", "--no-progress", "--region-preprocessing", "method", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["region_preprocessing"] == "method"

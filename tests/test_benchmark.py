@@ -292,16 +292,19 @@ def test_the_method_region_preprocessing_differs_from_the_engine_only_by_roundin
     rows, cols = np.mgrid[0:60, 0:80]
     image = np.stack([2 * rows + 40, 2 * cols + 30, rows + cols + 50], -1).astype(np.uint8)  # smooth: no overshoot
     masks = torch.zeros((2, 60, 80), dtype=torch.bool)
-    masks[0, 10:40, 20:50] = True  # both upscaled to 224: antialiasing does nothing
+    masks[0] = torch.from_numpy((rows - 25) ** 2 + (cols - 35) ** 2 < 15**2)  # a disc; both upscaled to 224:
+    # antialiasing does nothing
     masks[1, 5:55, 5:75] = True
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     fill = tuple(255 * m for m in mean)
     engine, engine_masks = region_crops(image, masks, 224, fill, "cpu", 8)
     method, method_masks = method_region_crops(image, masks, 224, mean, std, "cpu")
     assert method.shape == (2, 3, 224, 224) and method.dtype == torch.float32
-    assert torch.equal(method_masks, engine_masks)  # both nearest: the same crop masks
+    # both nearest, but torch's picks floor(i * scale), PIL's floor((i + 0.5) * scale): edges move a little
+    assert (method_masks == engine_masks).float().mean() > 0.95
     difference = (method - normalize(engine, mean, std)).abs()
-    assert difference.max() < 0.05  # upscaled: only the 8-bit rounding of the pixels and of the fill differs
+    # upscaled: only 8-bit rounding differs, and the clamping of bicubic overshoot at the mask edge
+    assert difference.mean() < 0.01 and difference.max() < 0.1
     assert method[0][:, ~method_masks[0]].abs().max() < 1e-6  # outside the mask: 0, the normalized mean
 
 

@@ -263,7 +263,7 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
     parser.add_argument("--ensemble-lambda", metavar="L|method",
                         help="two-stage: weight of CLIP in the geometric ensemble with the generator's class scores, "
                              "over every class and renormalized; `method` takes the method's weight for --dataset "
-                             "(0.7 ADE, 0.6 Pascal Context and VOC); needs a generator that scores class names")
+                             "(0.7 ADE, 0.6 Pascal Context, 0.45 VOC); needs a generator that scores class names")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="regions per CLIP forward (default: 32)")
     parser.add_argument("--encoder", default="crops", choices=ENCODERS, metavar="E",

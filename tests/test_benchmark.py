@@ -181,7 +181,7 @@ def test_two_stage_with_a_learned_generator_and_its_ensemble(maskformer_dir, tmp
     assert main([*base, "--proposals", "classical", "--ensemble-lambda", "0.6", "--out", str(tmp_path / "x.json")]) == 2
     preset = tmp_path / "preset.json"
     assert main([*base, "--proposals", f"hf:{maskformer_dir}", "--ensemble-lambda", "method", "--out", str(preset)]) == 0
-    assert json.loads(preset.read_text())["settings"]["ensemble_lambda"] == 0.6  # the method's weight for Pascal
+    assert json.loads(preset.read_text())["settings"]["ensemble_lambda"] == 0.45  # the method's weight for VOC
 
 
 def test_the_method_ensemble_preset_is_refused_where_the_method_publishes_none(tmp_path, capsys):

@@ -315,3 +315,27 @@ def test_bench_records_its_region_preprocessing(tmp_path):
     assert main(["bench", "--dataset", "voc", "--root", str(shared("voc")), "--limit", "1", "--clip", "dataengine-tiny",
                  "--device", "cpu", "--no-progress", "--region-preprocessing", "method", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["settings"]["region_preprocessing"] == "method"
+
+
+def test_test_time_resizing_follows_the_shortest_edge_rule():
+    from finetune.benchmark import resize_shortest_edge
+
+    assert resize_shortest_edge(np.zeros((480, 640, 3), np.uint8), 640, 2560).shape == (640, 853, 3)
+    assert resize_shortest_edge(np.zeros((100, 1000, 3), np.uint8), 640, 2560).shape == (256, 2560, 3)  # capped
+    image = np.zeros((640, 700, 3), np.uint8)
+    assert resize_shortest_edge(image, 640, 2560) is image  # already the size: untouched
+
+
+def test_the_methods_two_stage_uses_every_query_of_a_maskformer(maskformer_dir, tmp_path):
+    from dataengine.cli import main
+
+    base = ["bench", "--dataset", "voc", "--root", str(shared("voc")), "--limit", "1", "--clip", "dataengine-tiny",
+            "--device", "cpu", "--no-progress", "--proposals", f"hf:{maskformer_dir}"]
+    regions = {}
+    for protocol in ("two-stage", "two-stage-binary"):
+        out = tmp_path / f"{protocol}.json"
+        assert main([*base, "--protocol", protocol, "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        regions[protocol] = report["regions"]
+        assert report["settings"]["masks"].startswith("every proposal" if protocol == "two-stage" else "the generator's")
+    assert regions["two-stage"] >= regions["two-stage-binary"]  # no score threshold, no area filter, no NMS

@@ -4,15 +4,17 @@ Protocols:
 - `gt-masks`: every ground-truth class region of an image is a masked region; CLIP classifies it
   against all class names (14 templates). Reports region accuracy and the mIoU of the map the
   predictions paint (the method's "GT masks + CLIP" oracle).
-- `two-stage`: proposals from a registered generator (the engine's own generators and
-  post-processing), each classified by CLIP (softmax at temperature 100), optionally ensembled
-  with the generator's class scores, p ~ p_gen^(1 - lambda) * p_clip^lambda over every class,
-  renormalized (`generator_distribution` says what a closed-vocabulary generator's probability of
-  a class it does not name is); per pixel the class maximising the sum over proposals covering it;
-  pixels no proposal covers count as misses.
+- `two-stage`: the method's semantic inference. The image is resized as the method tests it; a
+  MaskFormer's soft masks of every query (no score threshold, area filter or NMS) are binarized
+  for CLIP, each region is classified (softmax at temperature 100), optionally ensembled with the
+  generator, and per pixel the class with the largest sum of mask x probability wins. Generators
+  without soft masks give their binary masks after the engine's post-processing.
+- `two-stage-binary`: the engine's variant: binary masks after the engine's post-processing.
 
-Regions are prepared exactly as for mining (tight box, outside pixels at the CLIP mean, 224
-bicubic), so train and test see the same kind of input. Every model sees the same regions. With
+The ensemble is p ~ p_gen^(1 - lambda) * p_clip^lambda over every class, renormalized per region
+(`generator_distribution` says what a closed-vocabulary generator's probability of a class it
+does not name is). Pixels no mask touches count as misses. Regions are prepared as for mining
+(`--region-preprocessing engine`) or as the method's adapter does (`method`). With
 `encoder="single-pass"`, each image is one forward with a region token per region instead
 (dataengine/single_pass.py), as `dataengine mine --encoder single-pass` does.
 """
@@ -68,6 +70,7 @@ class BenchConfig:
     single_pass_long_side: int | None = None  # as match.single_pass_long_side
     single_pass_blocks: int | None = None  # as match.single_pass_blocks
     region_preprocessing: str = "engine"  # engine (as mining: 8-bit, antialiased) | method (the method's adapter)
+    mask_threshold: float | None = None  # two-stage: binarizes a MaskFormer's soft masks; None: the engine's 0.4
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -185,18 +188,16 @@ def paint_disjoint(masks: torch.Tensor, classes: np.ndarray) -> np.ndarray:
 
 
 class ProposalSource:
-    """The engine's proposal stage (generator + shared post-processing) on benchmark images, or
-    with `raw`, the generator's own output: every proposal (every query of a MaskFormer, whatever
-    its score), no area filter, no NMS."""
+    """The engine's proposal stage (generator + shared post-processing) on benchmark images; with
+    `soft_masks`, a MaskFormer's soft masks of every query instead."""
 
-    def __init__(self, spec: str, device: str, raw: bool = False):
+    def __init__(self, spec: str, device: str, mask_threshold: float | None = None):
         from dataengine.stages import ProposalStage
 
         settings = {"generator": spec}
-        if raw:
-            settings.update(min_area=0.0, max_area=1.0, nms_iou=1.0, max_proposals=10**6, hf={"score_threshold": 0.0})
+        if mask_threshold is not None:
+            settings["mask_threshold"] = mask_threshold
         config = MineConfig(proposals=from_dict(ProposalConfig, settings, "proposals"))
-        self.raw = raw
         self.stage = ProposalStage(config, device)
         if self.stage.generator_type.needs_annotations:
             raise ConfigError("--proposals: annotations needs instance annotations; benchmarks use "
@@ -207,32 +208,28 @@ class ProposalSource:
     def scores_classes(self) -> bool:
         return self.stage.generator.scores_classes
 
-    def soft_masks(self, image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
-        """(soft masks (R, H, W) float, their binarized masks (R, H, W) bool, class probabilities or
-        None) of every proposal: a MaskFormer's mask probabilities of every query, binarized at
-        --mask-threshold as the method does for CLIP (queries with an empty binary mask are
-        dropped); other generators' binary masks, as 0/1."""
+    def soft_masks(self, image: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor, np.ndarray | None]:
+        """(soft masks (R, H, W) float or None, binary masks (R, H, W) for CLIP, class probabilities
+        or None). A MaskFormer: the mask probabilities of every query, whatever its score, with no
+        area filter and no NMS, run at this image's size, binarized at the mask threshold for CLIP
+        as the method does (queries with an empty binary mask are dropped). Other generators have
+        no soft masks: their binary masks after the engine's post-processing."""
         generator = self.stage.generator
         height, width = image.shape[:2]
         if hasattr(generator, "soft_masks"):
             record = Sample(key="", image_id="", source="", captions=[], image=image, height=height, width=width)
-            soft, class_probs = generator.soft_masks(record)
+            soft, class_probs = generator.soft_masks(record, resize=False)
             binary = soft > generator.config.mask_threshold
             kept = binary.flatten(1).any(1)
             return soft[kept], binary[kept], class_probs[kept.numpy()]
         binary, proposals = self.proposals(SegSample("", image, np.zeros((height, width), dtype=np.int64)))
-        class_probs = proposals.class_probs if proposals is not None else None
-        return binary.float(), binary, class_probs
+        return None, binary, proposals.class_probs if proposals is not None else None
 
     def proposals(self, sample: SegSample) -> tuple[torch.Tensor, Proposals | None]:
         height, width = sample.image.shape[:2]
         record = Sample(key=sample.key, image_id=sample.key, source=sample.key, captions=[], image=sample.image,
                         height=height, width=width)
-        if self.raw:  # the generator's own output, none of the shared post-processing
-            self.stage.setup()
-            record.proposals = self.stage.generator.generate_batch([record])[0]
-        else:
-            self.stage.process_batch([record])
+        self.stage.process_batch([record])
         if record.proposals is None or not len(record.proposals):
             return torch.zeros((0, height, width), dtype=torch.bool), None
         return torch.from_numpy(record.proposals.decode()), record.proposals
@@ -267,7 +264,8 @@ def generator_distribution(class_probs: np.ndarray, columns: list[int | None]) -
     name no benchmark class is spread evenly over the classes the generator does not name: a
     closed-vocabulary generator says of those only that they are none of its own classes. When it
     names every class, the named probabilities are renormalized."""
-    probs = torch.from_numpy(np.asarray(class_probs, dtype=np.float64))
+    probs = torch.from_numpy(np.asarray(class_probs, dtype=np.float64)).clamp_min(0.0)
+    probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
     known = [c for c, column in enumerate(columns) if column is not None]
     unknown = [c for c, column in enumerate(columns) if column is None]
     result = torch.zeros((len(probs), len(columns)), dtype=torch.float64)
@@ -275,7 +273,9 @@ def generator_distribution(class_probs: np.ndarray, columns: list[int | None]) -
     if unknown:
         leftover = (1.0 - result.sum(1, keepdim=True)).clamp_min(0.0)
         result[:, unknown] = leftover / len(unknown)
-    return (result / result.sum(1, keepdim=True).clamp_min(1e-12)).float()
+    total = result.sum(1, keepdim=True)
+    uniform = torch.full_like(result, 1.0 / len(columns))  # all its mass outside the benchmark: no opinion
+    return torch.where(total > 0, result / total.clamp_min(1e-12), uniform).float()
 
 
 def ensemble_with_generator(p_clip: torch.Tensor, class_probs: np.ndarray, columns: list[int | None],
@@ -297,7 +297,7 @@ def resize_shortest_edge(image: np.ndarray, short: int, longest: int) -> np.ndar
     scale = short / min(height, width)
     if max(height, width) * scale > longest:
         scale = longest / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = (max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5)))  # detectron2's rounding
     if size == (width, height):
         return image
     return np.array(Image.fromarray(image).resize(size, Image.BILINEAR))  # writable, for torch
@@ -321,6 +321,8 @@ class Regions:
         masks = self.soft if self.soft is not None else self.masks
         if tuple(masks.shape[1:]) == tuple(shape):
             return masks
+        if not len(masks):
+            return torch.zeros((0, *shape))
         resized = torch.nn.functional.interpolate(masks[None].float(), size=shape, mode="bilinear", align_corners=False)
         return resized[0]
 
@@ -334,7 +336,7 @@ class Benchmark:
         self.dataset = open_dataset(config.dataset, config.root)
         self.single_pass = {m.label: SinglePassEncoder(m.clip, config.single_pass_blocks, config.single_pass_long_side)
                             for m in models if config.encoder == "single-pass"}  # refused before proposals load
-        self.proposals = (ProposalSource(config.proposals, config.device, raw=config.protocol == "two-stage")
+        self.proposals = (ProposalSource(config.proposals, config.device, config.mask_threshold)
                           if config.protocol != "gt-masks" else None)
         self.columns = None
         if config.ensemble_lambda is not None:
@@ -464,8 +466,9 @@ class Benchmark:
 
 
 MASKS = {"gt-masks": "ground-truth class regions",
-         "two-stage": "every proposal of the generator (no area filter, no NMS): a MaskFormer's soft masks of "
-                      "every query (binarized at --mask-threshold for CLIP), others' binary masks",
+         "two-stage": "a MaskFormer's soft masks of every query (no score threshold, area filter or NMS; binarized "
+                      "at the mask threshold for CLIP); other generators' binary masks after the engine's "
+                      "post-processing",
          "two-stage-binary": "the generator's binary masks after the engine's area filter and NMS"}
 
 
@@ -478,6 +481,8 @@ def protocol_settings(config: BenchConfig, classes: int, test_size: tuple[int, i
             "single_pass_long_side": config.single_pass_long_side, "single_pass_blocks": config.single_pass_blocks,
             "limit": config.limit, "temperature": TEMPERATURE,
             "region_preprocessing": config.region_preprocessing if config.encoder == "crops" else None,
+            "mask_threshold": (config.mask_threshold if config.mask_threshold is not None else
+                               ProposalConfig().mask_threshold) if config.protocol != "gt-masks" else None,
             "test_size": list(test_size) if test_size else None, "uncovered_pixels": "misses"}
 
 
@@ -490,6 +495,8 @@ def compare_reports(paths: list[str], allow_mismatch: bool = False) -> str:
             reports.append(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as error:
             raise ConfigError(f"--compare: cannot read {path} ({type(error).__name__})") from None
+    if not all(isinstance(report, dict) and isinstance(report.get("models"), dict) for report in reports):
+        raise ConfigError("--compare: a file that is not a dataengine bench report (no models)")
     settings = [report.get("settings") for report in reports]
     if any(s is None for s in settings):
         raise ConfigError("--compare: a report without protocol settings (written before they were recorded): "

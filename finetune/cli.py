@@ -275,11 +275,15 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
                         help="single-pass: region tokens join before the last N blocks (default: all)")
     parser.add_argument("--test-short-side", type=int, metavar="PIXELS",
                         help="two-stage protocols: resize each image to this shortest side first, as the method "
-                             "tests (default: the dataset's, 640 for ADE, Pascal Context, VOC and COCO; the world "
-                             "is evaluated as stored)")
+                             "tests (default: 640 for ADE, Pascal Context and VOC, the method's; 640 for COCO by "
+                             "analogy; the world is evaluated as stored)")
     parser.add_argument("--test-max-size", type=int, metavar="PIXELS",
-                        help="two-stage protocols: ... and to at most this longest side (default: 2560)")
+                        help="two-stage protocols: ... and to at most this longest side (default: 2560 where the "
+                             "dataset has a default size)")
     parser.add_argument("--no-test-resize", action="store_true", help="evaluate images as stored")
+    parser.add_argument("--mask-threshold", type=float, metavar="T",
+                        help="two-stage: the probability at which a MaskFormer's soft masks are binarized for CLIP "
+                             "(default: 0.4; the method's released Swin-B config uses 0.35, its R101c one 0.5)")
     parser.add_argument("--region-preprocessing", default="engine", choices=("engine", "method"), metavar="P",
                         help="crops: engine (as mining, PIL's way: 8-bit fill at the CLIP mean, antialiased bicubic; "
                              "default) | method (the method's released adapter: normalize, fill 0, F.interpolate "
@@ -316,7 +320,7 @@ def run_bench(args: argparse.Namespace) -> int:
                          progress=not args.no_progress, encoder=args.encoder, test_resize=not args.no_test_resize,
                          test_short_side=args.test_short_side, test_max_size=args.test_max_size,
                          single_pass_long_side=args.single_pass_long_side, single_pass_blocks=args.single_pass_blocks,
-                         region_preprocessing=args.region_preprocessing)
+                         region_preprocessing=args.region_preprocessing, mask_threshold=args.mask_threshold)
     requested = [parse_model_argument(value) for value in args.model]
     if args.clip or args.prompts or not requested:
         requested.insert(0, ("clip+prompts" if args.prompts else "clip", args.clip or "ViT-B-16@openai"))

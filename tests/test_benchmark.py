@@ -337,5 +337,26 @@ def test_the_methods_two_stage_uses_every_query_of_a_maskformer(maskformer_dir, 
         assert main([*base, "--protocol", protocol, "--out", str(out)]) == 0
         report = json.loads(out.read_text())
         regions[protocol] = report["regions"]
-        assert report["settings"]["masks"].startswith("every proposal" if protocol == "two-stage" else "the generator's")
+        assert report["settings"]["masks"].startswith("a MaskFormer's" if protocol == "two-stage" else "the generator's")
+        assert report["settings"]["mask_threshold"] == 0.4
     assert regions["two-stage"] >= regions["two-stage-binary"]  # no score threshold, no area filter, no NMS
+
+
+def test_an_image_without_proposals_paints_nothing_at_the_labels_size():
+    import torch
+
+    from finetune.benchmark import Regions, paint
+
+    regions = Regions(np.zeros((640, 853, 3), np.uint8), torch.zeros((0, 640, 853), dtype=torch.bool))
+    painted = regions.painted((480, 640))
+    assert painted.shape == (0, 480, 640)
+    assert (paint(painted, torch.zeros((0, 3))) == -1).all()
+
+
+def test_the_generator_distribution_is_a_distribution_for_any_generator_output():
+    from finetune.benchmark import generator_distribution
+
+    columns = [0, 1, None]
+    assert generator_distribution(np.array([[0.3, 0.3, 0.0]]), columns)[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
+    outside = generator_distribution(np.array([[0.0, 0.0, 1.0]]), [0, 1])  # all mass on a non-benchmark label
+    assert outside[0].tolist() == pytest.approx([0.5, 0.5])

@@ -103,25 +103,27 @@ class MaskFormerProposals(HFProposals):
         return [self._image_proposals(outputs.masks_queries_logits[i], class_probs[i], pixel_masks[i], sample)
                 for i, sample in enumerate(samples)]
 
-    def soft_masks(self, sample: Sample):
+    def soft_masks(self, sample: Sample, resize: bool = True):
         """Every query of one image, none filtered: (Q, H, W) float32 mask probabilities at the image's
         size, and (Q, labels) class probabilities (no-object excluded, renormalized). This is what
-        MaskFormer's semantic inference sums over; the whole (Q, H, W) tensor is held at once."""
+        MaskFormer's semantic inference sums over; the whole (Q, H, W) tensor is held at once.
+        `resize=False`: the model runs at the image's own size (already resized by the caller)."""
         import torch
 
-        outputs, class_probs, pixel_masks = self._forward([sample])
+        outputs, class_probs, pixel_masks = self._forward([sample], resize)
         height, width = sample.image.shape[:2]
-        chunks = [probabilities for _, probabilities in
+        chunks = [probabilities.cpu() for _, probabilities in
                   self._query_probabilities(outputs.masks_queries_logits[0].float(), pixel_masks[0], height, width)]
         probs = class_probs[0]
         renormalized = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
         return torch.cat(chunks).cpu() if chunks else torch.zeros((0, height, width)), renormalized
 
-    def _forward(self, samples: list[Sample]):
+    def _forward(self, samples: list[Sample], resize: bool = True):
         import torch
 
         self.setup()
-        inputs = self.processor(images=[s.image for s in samples], return_tensors="pt").to(self.device)
+        options = {} if resize else {"do_resize": False}
+        inputs = self.processor(images=[s.image for s in samples], return_tensors="pt", **options).to(self.device)
         with torch.inference_mode():
             outputs = self.model(**inputs)
         class_probs = outputs.class_queries_logits.float().softmax(-1)[..., :-1]  # no-object excluded

@@ -287,6 +287,7 @@ def summarize_judgements(judged: list[tuple]) -> dict:
     return {
         "pairs": len(judged), "scored_pairs": len(scored), "unscored_nouns": len(judged) - len(scored),
         "precision": _pct(sum(right), len(scored)),
+        "precision_all_pairs": _pct(sum(right), len(judged)),  # nouns naming no category count as wrong
         "per_noun": {noun: {"right": r, "pairs": n, "precision": _pct(r, n)}
                      for noun, (r, n) in sorted(per_noun.items(), key=lambda item: -item[1][1])},
         "curves": {"score": _threshold_curve([j[1] for j in scored], right),
@@ -492,7 +493,9 @@ def truth_section(corpus: Corpus, instances: str | None) -> str:
             f"(ground truth: {html.escape(str(instances))}). Nouns that name no category are not scored.</p>"
             + _table("precision", [("pairs", result["pairs"]), ("scored pairs", result["scored_pairs"]),
                                    ("pairs of nouns naming no category", result["unscored_nouns"]),
-                                   ("precision (%)", result["precision"])])
+                                   ("precision (%)", result["precision"]),
+                                   ("precision over all pairs (%), nouns naming no category counted wrong",
+                                    result["precision_all_pairs"])])
             + (_plot("precision against yield", plot_precision_yield(curves)) if curves else "")
             + _table("precision per noun", per_noun)
             + _table("confusion: where each noun's masks landed (category of the overlapping instance)", confusion,

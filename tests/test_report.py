@@ -114,8 +114,9 @@ def test_the_report_of_a_world_corpus_measures_the_same_precision_as_the_world(t
     mine_split(split, tmp_path / "corpus", "annotations", "dataengine-tiny", "local", False)
     out = build_report(ReportConfig(str(tmp_path / "corpus"), max_gallery=2, top_nouns=1))
     parse_page(out)
-    expected = pair_precision(tmp_path / "corpus", split)[0]["precision"]
-    assert f"<th>precision (%)</th><td>{expected}</td>" in out.read_text()
+    expected = pair_precision(tmp_path / "corpus", split)[0]["precision"]  # every pair counts there
+    assert (f"<th>precision over all pairs (%), nouns naming no category counted wrong</th><td>{expected}</td>"
+            in out.read_text())
 
 
 def instances_file(tmp_path: Path) -> tuple[Path, dict, dict]:
@@ -153,6 +154,7 @@ def test_precision_through_the_synonym_table_on_hand_made_pairs(tmp_path):
         pair("dog", dog, 0.9), pair("cat", dog, 0.8), pair("puppy", dog, 0.7), pair("man", person, 0.6),
         pair("tree", person, 0.5))])
     assert result["precision"] == 75.0 and result["scored_pairs"] == 4 and result["unscored_nouns"] == 1
+    assert result["precision_all_pairs"] == 60.0
     assert result["per_noun"]["cat"] == {"right": 0, "pairs": 1, "precision": 0.0}
     assert result["confusion"]["cat"] == {"dog": 1}
     assert result["curves"]["score"][0] == (1.0, 0.75)  # every scored pair at the lowest threshold

@@ -116,7 +116,7 @@ class MaskFormerProposals(HFProposals):
                   self._query_probabilities(outputs.masks_queries_logits[0].float(), pixel_masks[0], height, width)]
         probs = class_probs[0]
         renormalized = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
-        return torch.cat(chunks).cpu() if chunks else torch.zeros((0, height, width)), renormalized
+        return torch.cat(chunks) if chunks else torch.zeros((0, height, width)), renormalized
 
     def _forward(self, samples: list[Sample], resize: bool = True):
         import torch

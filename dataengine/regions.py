@@ -94,6 +94,14 @@ def resize_batched(image, masks, boxes, size: int, fill_value) -> torch.Tensor:
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Whole uint8 images (N, 3, H, W) to S x S: the full-frame region of `prepare_regions` (the same
+    antialiased bicubic, aspect not kept), so that whole images and region crops look alike to CLIP."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bicubic", antialias=True)
+
+
 def normalize(crops: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (R, 3, S, S) crops to CLIP input: /255, minus mean, over std."""
     mean = torch.tensor(mean, device=crops.device)[None, :, None, None]

@@ -57,10 +57,12 @@ def training_seeds(log: Path = WEIGHTS.parent / "train_log.json") -> set[int]:
     return seeds
 
 
-def load_scenes(split: Path) -> tuple[torch.Tensor, list[list[str]]]:
-    """All images of a world split as a uint8 (N, 3, S, S) tensor, and each image's captions."""
+def load_scenes(split: Path, size: int | None = None, chunk: int = 4096) -> tuple[torch.Tensor, list[list[str]]]:
+    """All images of a world split as a uint8 (N, 3, S, S) tensor (resized to `size` as CLIP sees
+    them, when given), and each image's captions."""
     from PIL import Image
 
+    from dataengine.regions import resize_images
     from dataengine.sources.coco import read_coco_json
 
     captions = read_coco_json(split / "captions.json", f"world split {split.name}")
@@ -68,15 +70,21 @@ def load_scenes(split: Path) -> tuple[torch.Tensor, list[list[str]]]:
     for caption in captions["annotations"]:
         texts.setdefault(caption["image_id"], []).append(caption["caption"])
     images = sorted(captions["images"], key=lambda image: image["id"])
-    pixels = np.stack([np.asarray(Image.open(split / "images" / image["file_name"]).convert("RGB")) for image in images])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), [texts[image["id"]] for image in images]
+    batches = []
+    for start in range(0, len(images), chunk):  # resized chunk by chunk: the scenes at full size need not fit at once
+        pixels = np.stack([np.asarray(Image.open(split / "images" / image["file_name"]).convert("RGB"))
+                           for image in images[start : start + chunk]])
+        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+        batches.append(resize_images(batch, size) if size else batch)
+    return torch.cat(batches), [texts[image["id"]] for image in images]
 
 
 # ---------------------------------------------------------------- competence
 
 
 def close_up_images(seed: int, per_thing: int, size: int = 128) -> tuple[torch.Tensor, np.ndarray]:
-    """`per_thing` close-ups of each thing (uint8 (N, 3, S, S)) and their thing indices."""
+    """`per_thing` close-ups of each thing (uint8 (N, 3, S, S), drawn at the world's scene size) and
+    their thing indices."""
     from .scenes import THINGS, make_close_up
 
     rng = np.random.default_rng(seed)
@@ -98,11 +106,12 @@ def stuff_images(seed: int, per_stuff: int, size: int = 128) -> tuple[torch.Tens
 def zero_shot(clip, pixels: torch.Tensor, labels: np.ndarray, names: tuple[str, ...], batch_size: int = 128) -> dict:
     """Whole-image zero-shot classification among `names` (14 templates): overall and per class."""
     from dataengine.clip import NounEmbeddings
-    from dataengine.regions import normalize
+    from dataengine.regions import normalize, resize_images
 
     classes = NounEmbeddings(clip)(list(names)).to(clip.device)
+    inputs = resize_images(pixels, clip.image_size)
     predicted = torch.cat([
-        (clip.encode_images(normalize(pixels[start : start + batch_size], clip.mean, clip.std)) @ classes.t()).argmax(1).cpu()
+        (clip.encode_images(normalize(inputs[start : start + batch_size], clip.mean, clip.std)) @ classes.t()).argmax(1).cpu()
         for start in range(0, len(pixels), batch_size)]).numpy()
     per_class = {name: pct(int((predicted[labels == c] == c).sum()), int((labels == c).sum()))
                  for c, name in enumerate(names)}
@@ -148,8 +157,8 @@ def competence(spec: str, seed: int = CHECK_SEED, per_thing: int = 20, per_stuff
 
     clip = load_clip(spec, device)
     report = {"clip": spec, "seed": seed,
-              "close_up_things": zero_shot(clip, *close_up_images(seed, per_thing, clip.image_size), THINGS),
-              "whole_frame_stuff": zero_shot(clip, *stuff_images(seed, per_stuff, clip.image_size), STUFF),
+              "close_up_things": zero_shot(clip, *close_up_images(seed, per_thing), THINGS),
+              "whole_frame_stuff": zero_shot(clip, *stuff_images(seed, per_stuff), STUFF),
               "text_mean_pairwise_cosine_things": text_separation(clip, THINGS)}
     if scenes:
         report["masked_regions"] = masked_region_accuracy(clip, seed, scenes)
@@ -187,8 +196,12 @@ def format_competence(report: dict) -> str:
 
 
 def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: float, seed: int,
-                     device: str, progress: bool = True, init: Path | None = None, warmup: float = 0.1) -> dict:
-    """Contrastive training from scratch, or from the weights `init` (to continue on new scenes)."""
+                     device: str, progress: bool = True, init: Path | None = None, warmup: float = 0.1,
+                     position_init: str = "sincos") -> dict:
+    """Contrastive training from scratch, or from the weights `init` (to continue on new scenes).
+    From scratch, the image tower's (learnable) position embeddings start as 2-D sin-cos
+    (`position_init="sincos"`) rather than open_clip's small random ones (`"random"`); see
+    `init_positions`."""
     import open_clip
 
     from dataengine.checkpoint import load_state_dict
@@ -205,12 +218,14 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
         state = load_state_dict(init, "--init", device)
         model.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor
                                for name, tensor in state.items()})
+    elif position_init == "sincos":
+        init_positions(model.visual)
     tokenizer = open_clip.get_tokenizer(MODEL)
-    pixels, captions = load_scenes(world / "train")
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size)
+    pixels, captions = load_scenes(world / "train", size)
     mean = tuple(model.visual.image_mean or open_clip.OPENAI_DATASET_MEAN)
     std = tuple(model.visual.image_std or open_clip.OPENAI_DATASET_STD)
-    monitor = close_up_images(MONITOR_SEED, 5, size)
+    monitor = close_up_images(MONITOR_SEED, 5)
     clip = ClipModel(MODEL, model, tokenizer, device, size, mean, std, MODEL)
     mean_t, std_t = (torch.tensor(v, device=device)[:, None, None] for v in (mean, std))
     steps_per_epoch = math.ceil(len(pixels) / batch_size)
@@ -247,6 +262,21 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     torch.save(state, out / f"{MODEL}.pt")
     return {"model": MODEL, "history": history, "images": len(pixels), "device": device,
             "monitor": f"close-ups of seed {MONITOR_SEED}, 5 per thing"}
+
+
+def init_positions(visual) -> None:
+    """Sets a ViT's learnable position embeddings (class token first) to the 2-D sin-cos table of
+    its patch grid. With open_clip's default start (N(0, width^-1/2), about a tenth of a patch
+    embedding's scale) the small tower is all but position-blind for its first hundred thousand
+    samples, and the world's objects differ by shape, i.e. by where their edges are."""
+    from open_clip.pos_embed import get_2d_sincos_pos_embed
+
+    rows, cols = visual.grid_size
+    if rows != cols:
+        raise ValueError(f"sin-cos position init needs a square patch grid, not {rows}x{cols}")
+    table = get_2d_sincos_pos_embed(visual.positional_embedding.shape[1], rows, cls_token=True)
+    with torch.no_grad():
+        visual.positional_embedding.copy_(torch.from_numpy(table).float())
 
 
 def caption_labels(captions: list[str], device) -> torch.Tensor:
@@ -294,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate: 10%% warmup, then cosine")
     parser.add_argument("--init", metavar="WEIGHTS", help="start from these weights, to continue on the scenes of "
                         "another --seed (None: from scratch)")
+    parser.add_argument("--position-init", choices=("sincos", "random"), default="sincos",
+                        help="start of the image tower's learnable position embeddings when training from scratch: "
+                        "2-D sin-cos, or open_clip's small random ones")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--out", default=str(WEIGHTS.parent), help="output folder")
@@ -318,7 +351,7 @@ def train_command(args, argv: list[str] | None) -> int:
         generate_world(folder, scenes=args.scenes, seed=args.seed, heldout=0.0, close_up_share=args.close_up_share,
                        terse_share=args.terse_share)
         result = train_world_clip(Path(folder), Path(args.out), args.epochs, args.batch_size, args.lr, args.seed,
-                                  device, init=Path(args.init) if args.init else None)
+                                  device, init=Path(args.init) if args.init else None, position_init=args.position_init)
     result["command"] = "python -m finetune.world.clip " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.init:  # the log of the run it continues, so that one file tells the whole history
         previous = Path(args.init).with_name("train_log.json")

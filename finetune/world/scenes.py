@@ -255,13 +255,30 @@ class CaptionWriter:
         return self
 
 
-def _thing_phrase(writer: CaptionWriter, noun: str, ids: list[int], colour: str | None, rng) -> None:
+def _thing_phrase(writer: CaptionWriter, noun: str, ids: list[int], adjective: str | None, rng) -> None:
+    """"a [adjective] noun" (the adjective 60% of the time) or "two nouns" for several instances."""
     if len(ids) > 1:
         writer.add(f"{NUMBERS.get(len(ids), 'some')} ").noun(_plural(noun), noun, ids)
         return
-    adjective = f"{colour} " if colour is not None and rng.random() < 0.6 else ""
+    adjective = f"{adjective} " if adjective is not None and rng.random() < 0.6 else ""
     article = "an" if (adjective or noun)[0] in "aeiou" else "a"
     writer.add(f"{article} {adjective}").noun(noun, noun, ids)
+
+
+def size_word(instance: Instance) -> str:
+    """small, medium or large, by the object's visible extent against the frame."""
+    ys, xs = np.nonzero(instance.mask)
+    extent = max(np.ptp(ys), np.ptp(xs)) + 1
+    share = extent / instance.mask.shape[0]
+    return "small" if share < 0.3 else "medium" if share < 0.5 else "large"
+
+
+# Alt-text frames around the objects: web alt-text is phrased every which way ("a photo of ...",
+# "there is ... in the scene"), and a CLIP is queried with such prompts; a text tower that only ever
+# saw "a star" does not know what "There is a large star in the scene" means.
+ALT_TEXT_FRAMES = (("", ""), ("", ""), ("a photo of ", ""), ("a picture of ", ""), ("an image of ", ""),
+                   ("this is a photo of ", ""), ("there is ", ""), ("there is ", " in the scene"),
+                   ("a photo of ", " in the scene"), ("", " in the scene"))
 
 
 def _things_by_noun(scene: Scene) -> dict[str, list[Instance]]:
@@ -273,15 +290,17 @@ def _things_by_noun(scene: Scene) -> dict[str, list[Instance]]:
 
 
 def write_terse_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, list[list]]:
-    """Alt-text style: every object of the scene named once (with its count), nothing else."""
+    """Alt-text style: every object of the scene named once (with its count, sometimes its size),
+    in one of the ALT_TEXT_FRAMES, and nothing else: no colour, no stuff."""
     mentioned = list(_things_by_noun(scene).items())
     rng.shuffle(mentioned)
-    writer = CaptionWriter()
+    opening, closing = ALT_TEXT_FRAMES[int(rng.integers(len(ALT_TEXT_FRAMES)))]
+    writer = CaptionWriter().add(opening)
     for index, (noun, insts) in enumerate(mentioned):
         if index:
             writer.add(" and ")
-        _thing_phrase(writer, noun, [i.id for i in insts], None, rng)
-    return writer.text, writer.references
+        _thing_phrase(writer, noun, [i.id for i in insts], size_word(insts[0]), rng)
+    return writer.add(closing).text, writer.references
 
 
 def write_caption(scene: Scene, rng: np.random.Generator, terse_share: float = 0.0) -> tuple[str, list[list]]:

@@ -15,7 +15,7 @@ from dataengine.match import RegionMatcher, _size_chunks, select_pairs
 from dataengine.proposals import create_generator
 from dataengine.records import NounMention, Proposals, Sample
 from dataengine.reference import reference_similarity
-from dataengine.regions import prepare_region_pil, prepare_regions, resize_batched, resize_each
+from dataengine.regions import prepare_region_pil, prepare_regions, resize_batched, resize_each, resize_images
 
 TOLERANCE = 5e-3
 NOUNS = ["man", "dog", "table", "car", "tree", "pizza", "sky"]
@@ -88,6 +88,16 @@ def test_both_resize_paths_agree_and_masks_follow_pil_nearest():
     for i, (mask, box) in enumerate(zip(proposals.decode(), proposals.boxes_xywh, strict=True)):
         _, reference_mask = prepare_region_pil(picture, mask, box, 224, (122.8, 116.7, 104.1))
         assert (crop_masks[i].numpy() != reference_mask).mean() < 0.02  # nearest: same up to rounding of centres
+
+
+def test_whole_images_are_resized_as_their_full_frame_region():
+    images = torch.from_numpy(np.stack([synthetic_image(128, 128, seed) for seed in range(3)])).permute(0, 3, 1, 2)
+    resized = resize_images(images, 64)
+    whole = torch.ones((1, 128, 128), dtype=torch.bool)
+    for image, result in zip(images, resized, strict=True):
+        crop, _ = prepare_regions(image, whole, torch.tensor([[0, 0, 128, 128]]), 64, (122.8, 116.7, 104.1))
+        assert torch.equal(crop[0], result)
+    assert resize_images(images, 128) is images  # already the model's size: untouched
 
 
 def assert_matches_reference(matcher, clip, sample):

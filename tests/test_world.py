@@ -132,6 +132,7 @@ def test_the_whole_loop_on_a_tiny_world(tmp_path):
 
 def test_small_clip_trainer_writes_loadable_weights_and_its_log(tmp_path):
     from dataengine.clip import load_clip
+    from finetune.world import MODEL_CONFIG
     from finetune.world.clip import WEIGHTS, main
 
     assert main(["--scenes", "12", "--epochs", "1", "--batch-size", "6", "--device", "cpu", "--out", str(tmp_path)]) == 0
@@ -139,7 +140,8 @@ def test_small_clip_trainer_writes_loadable_weights_and_its_log(tmp_path):
     assert log["command"].startswith("python -m finetune.world.clip") and len(log["history"]) == 1
     assert 0 <= log["history"][0]["close_up_accuracy_monitor"] <= 100
     assert log["settings"]["terse_share"] == 0.5 and log["settings"]["close_up_share"] == 0.75
-    assert load_clip(f"dataengine-world@{tmp_path / 'dataengine-world.pt'}").image_size == 128
+    config = json.loads(MODEL_CONFIG.read_text())["vision_cfg"]
+    assert load_clip(f"dataengine-world@{tmp_path / 'dataengine-world.pt'}").image_size == config["image_size"]
     assert WEIGHTS.exists() and WEIGHTS.stat().st_size < 20 * 2**20  # the committed weights stay under 20 MB
 
 
@@ -169,6 +171,29 @@ def test_terse_captions_name_every_object_of_the_scene_and_nothing_else():
         for start, end, noun, ids in references:
             assert text[start:end].startswith(noun[:3]) and things[noun] in ids
         assert not any(colour in text.split() for colour in COLOURS) and not any(s in text for s in STUFF)
+
+
+def test_terse_captions_come_in_alt_text_frames_with_true_size_words():
+    from finetune.world.scenes import ALT_TEXT_FRAMES, make_close_up, make_scene, size_word, write_terse_caption
+
+    rng = np.random.default_rng(1)
+    frames, sizes = set(), set()
+    for index in range(200):
+        scene = make_close_up(rng, THINGS[index % len(THINGS)]) if index % 2 else make_scene(rng)
+        things = [inst for inst in scene.instances if inst.is_thing]
+        if not things:
+            continue
+        text, references = write_terse_caption(scene, rng)
+        frames.update(frame for frame in ALT_TEXT_FRAMES if text.startswith(frame[0]) and text.endswith(frame[1]))
+        for word in ("small", "medium", "large"):
+            if word in text.split():
+                sizes.add(word)
+                named = text.split().index(word) + 1  # the size word sits right before its noun
+                noun = next(n for _, _, n, _ in references if text.split()[named].startswith(n[:3]))
+                assert word in {size_word(inst) for inst in things if inst.noun == noun}, (text, word)
+        if index % 2:  # a close-up's object fills much of the frame
+            assert size_word(things[0]) != "small"
+    assert frames == set(ALT_TEXT_FRAMES) and sizes == {"small", "medium", "large"}
 
 
 def test_the_pretraining_world_has_its_own_close_up_and_terse_shares(tmp_path):
@@ -314,3 +339,19 @@ def test_the_loop_scaling_and_balance_runs_in_a_tiny_world(tmp_path):
     plain, capped, balanced = runs["plain"], runs["cap 2"], runs["balance inverse"]
     assert capped["pairs_per_epoch"] < plain["pairs_per_epoch"] < balanced["pairs_per_epoch"]
     assert balanced["stuff_share"] < plain["stuff_share"]  # the five stuff nouns are the frequent ones
+
+
+def test_the_pretraining_world_can_show_stuff_alone_and_name_stuff_in_alt_text():
+    from finetune.world.scenes import STUFF_ARTICLES, make_scene, write_caption
+
+    rng = np.random.default_rng(2)
+    alone = 0
+    for _ in range(80):
+        scene = make_scene(rng, close_up_share=0.5, stuff_only_share=0.5)
+        alone += not any(inst.is_thing for inst in scene.instances)
+        text, references = write_caption(scene, rng, terse_share=1.0, alt_text_stuff_share=1.0)
+        start, end, noun, ids = references[-1]  # the stuff is named last
+        assert noun in STUFF and text[start:end] == noun
+        assert any(text[:start].endswith(article) for article in STUFF_ARTICLES)
+        assert [inst.noun for inst in scene.instances if inst.id in ids] == [noun]
+    assert 20 < alone < 60

@@ -208,7 +208,7 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     from dataengine.clip import ClipModel, register_package_models
 
     from ..train import clip_loss, no_decay, parameter_groups, warmup_cosine
-    from .scenes import THINGS
+    from .scenes import STUFF, THINGS
 
     register_package_models()
     torch.manual_seed(seed)
@@ -225,7 +225,7 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
     pixels, captions = load_scenes(world / "train", size)
     mean = tuple(model.visual.image_mean or open_clip.OPENAI_DATASET_MEAN)
     std = tuple(model.visual.image_std or open_clip.OPENAI_DATASET_STD)
-    monitor = close_up_images(MONITOR_SEED, 5)
+    monitor, stuff_monitor = close_up_images(MONITOR_SEED, 5), stuff_images(MONITOR_SEED, 5)
     clip = ClipModel(MODEL, model, tokenizer, device, size, mean, std, MODEL)
     mean_t, std_t = (torch.tensor(v, device=device)[:, None, None] for v in (mean, std))
     steps_per_epoch = math.ceil(len(pixels) / batch_size)
@@ -253,15 +253,17 @@ def train_world_clip(world: Path, out: Path, epochs: int, batch_size: int, lr: f
         model.eval()
         history.append({"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5),
                         "close_up_accuracy_monitor": zero_shot(clip, *monitor, THINGS)["accuracy"],
+                        "stuff_accuracy_monitor": zero_shot(clip, *stuff_monitor, STUFF)["accuracy"],
                         "seconds": round(time.perf_counter() - started, 1)})
         if progress:
             print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, close-up accuracy "
-                  f"{history[-1]['close_up_accuracy_monitor']:.1f}% ({history[-1]['seconds']:.0f} s)", flush=True)
+                  f"{history[-1]['close_up_accuracy_monitor']:.1f}%, stuff accuracy "
+                  f"{history[-1]['stuff_accuracy_monitor']:.1f}% ({history[-1]['seconds']:.0f} s)", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in model.state_dict().items()}
     torch.save(state, out / f"{MODEL}.pt")
     return {"model": MODEL, "history": history, "images": len(pixels), "device": device,
-            "monitor": f"close-ups of seed {MONITOR_SEED}, 5 per thing"}
+            "monitor": f"close-ups and whole-frame stuff of seed {MONITOR_SEED}, 5 per class"}
 
 
 def init_positions(visual) -> None:
@@ -319,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--close-up-share", type=float, default=0.75, help="share of close-up scenes")
     parser.add_argument("--terse-share", type=float, default=0.5,
                         help="share of captions that only name the objects")
+    parser.add_argument("--stuff-only-share", type=float, default=0.0,
+                        help="share of scenes of stuff alone, without objects (texture photos)")
+    parser.add_argument("--alt-text-stuff-share", type=float, default=0.0,
+                        help="share of alt-text captions that name a stuff region too (always, in a scene of stuff alone)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs")
     parser.add_argument("--batch-size", type=int, default=64, help="scenes per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate: 10%% warmup, then cosine")
@@ -349,7 +355,8 @@ def train_command(args, argv: list[str] | None) -> int:
         load_state_dict(args.init, "--init", mmap=True)  # refused before the world is generated
     with tempfile.TemporaryDirectory(prefix="world-") as folder:
         generate_world(folder, scenes=args.scenes, seed=args.seed, heldout=0.0, close_up_share=args.close_up_share,
-                       terse_share=args.terse_share)
+                       terse_share=args.terse_share, stuff_only_share=args.stuff_only_share,
+                       alt_text_stuff_share=args.alt_text_stuff_share)
         result = train_world_clip(Path(folder), Path(args.out), args.epochs, args.batch_size, args.lr, args.seed,
                                   device, init=Path(args.init) if args.init else None, position_init=args.position_init)
     result["command"] = "python -m finetune.world.clip " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -203,8 +203,13 @@ def make_close_up(rng: np.random.Generator, noun: str, size: int = 128) -> Scene
     return _close_up(*_stuff_background(rng, size), noun, rng, size)
 
 
-def make_scene(rng: np.random.Generator, size: int = 128, close_up_share: float = CLOSE_UP_SHARE) -> Scene:
+def make_scene(rng: np.random.Generator, size: int = 128, close_up_share: float = CLOSE_UP_SHARE,
+               stuff_only_share: float = 0.0) -> Scene:
+    """A scene of one to four objects on stuff; a close-up with probability `close_up_share`; with
+    probability `stuff_only_share` (the pretraining world's texture photos) the stuff alone."""
     image, instances = _stuff_background(rng, size)
+    if stuff_only_share and rng.random() < stuff_only_share:
+        return Scene(image, instances)
     if rng.random() < close_up_share:
         return _close_up(image, instances, str(rng.choice(THINGS)), rng, size)
     count = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.2, 0.15]))
@@ -289,9 +294,14 @@ def _things_by_noun(scene: Scene) -> dict[str, list[Instance]]:
     return things
 
 
-def write_terse_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, list[list]]:
+# Before a stuff noun in alt-text: the zero-shot templates put "a" before every noun ("a photo of a sky").
+STUFF_ARTICLES = ("", "the ", "a ")
+
+
+def write_terse_caption(scene: Scene, rng: np.random.Generator, stuff_share: float = 0.0) -> tuple[str, list[list]]:
     """Alt-text style: every object of the scene named once (with its count, sometimes its size),
-    in one of the ALT_TEXT_FRAMES, and nothing else: no colour, no stuff."""
+    in one of the ALT_TEXT_FRAMES, and no colour. With probability `stuff_share`, and always in a
+    scene without objects, one of its stuff regions is named too (last); otherwise no stuff."""
     mentioned = list(_things_by_noun(scene).items())
     rng.shuffle(mentioned)
     opening, closing = ALT_TEXT_FRAMES[int(rng.integers(len(ALT_TEXT_FRAMES)))]
@@ -300,15 +310,22 @@ def write_terse_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, li
         if index:
             writer.add(" and ")
         _thing_phrase(writer, noun, [i.id for i in insts], size_word(insts[0]), rng)
+    stuff = [inst for inst in scene.instances if not inst.is_thing]
+    if stuff and stuff_share and (not mentioned or rng.random() < stuff_share):
+        region = stuff[int(rng.integers(len(stuff)))]
+        writer.add(" and " if mentioned else "").add(str(rng.choice(STUFF_ARTICLES)))
+        writer.noun(region.noun, region.noun, [region.id])
     return writer.add(closing).text, writer.references
 
 
-def write_caption(scene: Scene, rng: np.random.Generator, terse_share: float = 0.0) -> tuple[str, list[list]]:
+def write_caption(scene: Scene, rng: np.random.Generator, terse_share: float = 0.0,
+                  alt_text_stuff_share: float = 0.0) -> tuple[str, list[list]]:
     """A descriptive caption (objects, colours, counts, the stuff, sometimes an absent object); with
-    probability `terse_share`, and when the scene has objects, an alt-text style one instead."""
+    probability `terse_share`, and when the scene has objects (or alt-text may name stuff), an
+    alt-text style one instead (`write_terse_caption`, naming the stuff at `alt_text_stuff_share`)."""
     things = _things_by_noun(scene)
-    if terse_share and things and rng.random() < terse_share:
-        return write_terse_caption(scene, rng)
+    if terse_share and (things or alt_text_stuff_share) and rng.random() < terse_share:
+        return write_terse_caption(scene, rng, alt_text_stuff_share)
     stuff = [inst for inst in scene.instances if not inst.is_thing]
     writer = CaptionWriter()
     opening = rng.choice(["", "a picture of ", "a photo of ", "an image showing ", "there is "])
@@ -373,17 +390,20 @@ def _write_split(folder: Path, scenes: list[tuple[int, Scene]]) -> None:
 
 
 def generate_world(out: str | Path, scenes: int = 400, seed: int = 0, size: int = 128, heldout: float = 0.2,
-                   captions_per_scene: int = 3, close_up_share: float = CLOSE_UP_SHARE, terse_share: float = 0.0) -> dict:
+                   captions_per_scene: int = 3, close_up_share: float = CLOSE_UP_SHARE, terse_share: float = 0.0,
+                   stuff_only_share: float = 0.0, alt_text_stuff_share: float = 0.0) -> dict:
     """Generates `scenes` scenes (a `heldout` share of them in their own split). Same seed, same bytes.
     `close_up_share` of the scenes are close-ups; `terse_share` of the captions of scenes with objects
-    are alt-text style (the objects only): the small CLIP's pretraining world uses more of both."""
+    are alt-text style (the objects only): the small CLIP's pretraining world uses more of both, and
+    may add scenes of stuff alone (`stuff_only_share`) and alt-text that names the stuff too
+    (`alt_text_stuff_share`). At 0, the last two draw nothing: mining worlds stay as they were."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     generated = []
     for index in range(scenes):
-        scene = make_scene(rng, size, close_up_share)
+        scene = make_scene(rng, size, close_up_share, stuff_only_share)
         for _ in range(captions_per_scene):
-            text, refs = write_caption(scene, rng, terse_share)
+            text, refs = write_caption(scene, rng, terse_share, alt_text_stuff_share)
             scene.captions.append(text)
             scene.references.append(refs)
         generated.append((index + 1, scene))
@@ -392,6 +412,7 @@ def generate_world(out: str | Path, scenes: int = 400, seed: int = 0, size: int 
     _write_split(out / "heldout", generated[cut:])
     meta = {"seed": seed, "size": size, "scenes": {"train": cut, "heldout": scenes - cut}, "things": list(THINGS),
             "stuff": list(STUFF), "unseen": list(UNSEEN), "captions_per_scene": captions_per_scene,
-            "close_up_share": close_up_share, "terse_share": terse_share}
+            "close_up_share": close_up_share, "terse_share": terse_share, "stuff_only_share": stuff_only_share,
+            "alt_text_stuff_share": alt_text_stuff_share}
     (out / "world.json").write_text(json.dumps(meta, indent=2))
     return meta

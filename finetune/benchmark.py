@@ -11,9 +11,10 @@ Protocols:
   without soft masks give their binary masks after the engine's post-processing.
 - `two-stage-binary`: the engine's variant: binary masks after the engine's post-processing.
 
-The ensemble is p ~ p_gen^(1 - lambda) * p_clip^lambda over every class, renormalized per region
-(`generator_distribution` says what a closed-vocabulary generator's probability of a class it
-does not name is). Pixels no mask touches count as misses. Regions are prepared as for mining
+The ensemble is p ~ p_gen^(1 - lambda) * p_clip^lambda over every class (`generator_distribution`
+says what a closed-vocabulary generator's probability of a class it does not name is), in one of
+two forms (`ENSEMBLE_FORMS`): renormalized per region, or as the method's released code computes
+it (nothing renormalized, so a likely no-object query weighs less in the painted sum). Pixels no mask touches count as misses. Regions are prepared as for mining
 (`--region-preprocessing engine`) or as the method's adapter does (`method`). With
 `encoder="single-pass"`, each image is one forward with a region token per region instead
 (dataengine/single_pass.py), as `dataengine mine --encoder single-pass` does.
@@ -36,7 +37,7 @@ from dataengine.records import Proposals, Sample
 from dataengine.regions import normalize, prepare_regions
 from dataengine.single_pass import SinglePassEncoder, patch_coverage
 
-from .config import PROTOCOLS
+from .config import ENSEMBLE_FORMS, PROTOCOLS
 from .datasets import IGNORE, SegSample, open_dataset
 from .metrics import ConfusionMatrix
 from .models import EvalModel
@@ -71,12 +72,18 @@ class BenchConfig:
     single_pass_blocks: int | None = None  # as match.single_pass_blocks
     region_preprocessing: str = "engine"  # engine (as mining: 8-bit, antialiased) | method (the method's adapter)
     mask_threshold: float | None = None  # two-stage: binarizes a MaskFormer's soft masks; None: the engine's 0.4
+    ensemble_form: str = "renormalized"  # renormalized | released (as the method's released code; see ensemble_as_released)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.ensemble_lambda is not None and not 0 <= self.ensemble_lambda <= 1:
             raise ConfigError(f"--ensemble-lambda: must be in [0, 1], got {self.ensemble_lambda}")
+        if self.ensemble_form not in ENSEMBLE_FORMS:
+            raise ConfigError(f"--ensemble-form: expected one of {', '.join(ENSEMBLE_FORMS)}, got {self.ensemble_form!r}")
+        if self.ensemble_form == "released" and self.protocol != "two-stage":
+            raise ConfigError("--ensemble-form released: the released code's form needs --protocol two-stage "
+                              "(a MaskFormer's soft masks and its no-object probabilities)")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit: must be at least 1, got {self.limit}")
         if self.batch_size < 1:
@@ -208,19 +215,21 @@ class ProposalSource:
     def scores_classes(self) -> bool:
         return self.stage.generator.scores_classes
 
-    def soft_masks(self, image: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor, np.ndarray | None]:
+    def soft_masks(self, image: np.ndarray, keep_empty: bool = False
+                   ) -> tuple[torch.Tensor | None, torch.Tensor, np.ndarray | None]:
         """(soft masks (R, H, W) float or None, binary masks (R, H, W) for CLIP, class probabilities
-        or None). A MaskFormer: the mask probabilities of every query, whatever its score, with no
-        area filter and no NMS, run at this image's size, binarized at the mask threshold for CLIP
-        as the method does (queries with an empty binary mask are dropped). Other generators have
-        no soft masks: their binary masks after the engine's post-processing."""
+        (no-object excluded, not renormalized) or None). A MaskFormer: the mask probabilities of
+        every query, whatever its score, with no area filter and no NMS, run at this image's size,
+        binarized at the mask threshold for CLIP as the method does (queries with an empty binary
+        mask are dropped unless `keep_empty`). Other generators have no soft masks: their binary
+        masks after the engine's post-processing."""
         generator = self.stage.generator
         height, width = image.shape[:2]
         if hasattr(generator, "soft_masks"):
             record = Sample(key="", image_id="", source="", captions=[], image=image, height=height, width=width)
             soft, class_probs = generator.soft_masks(record, resize=False)
             binary = soft > generator.config.mask_threshold
-            kept = binary.flatten(1).any(1)
+            kept = torch.ones(len(binary), dtype=torch.bool) if keep_empty else binary.flatten(1).any(1)
             return soft[kept], binary[kept], class_probs[kept.numpy()]
         binary, proposals = self.proposals(SegSample("", image, np.zeros((height, width), dtype=np.int64)))
         return None, binary, proposals.class_probs if proposals is not None else None
@@ -288,6 +297,18 @@ def ensemble_with_generator(p_clip: torch.Tensor, class_probs: np.ndarray, colum
     return mixed / mixed.sum(1, keepdim=True)
 
 
+def ensemble_as_released(p_clip: torch.Tensor, class_probs: np.ndarray, columns: list[int | None],
+                         weight: float) -> torch.Tensor:
+    """The ensemble as ov-seg's released `semantic_inference` computes it: p_gen^(1 - weight) *
+    p_clip^weight, not renormalized. `class_probs`: the generator's softmax over its labels with
+    no-object dropped and not renormalized, so p_gen sums to 1 - p(no-object) and a likely no-object
+    query weighs less in the painted sum. Rows of p_clip that CLIP did not classify (an empty binary
+    mask) are 1, as the released code fills them."""
+    raw = torch.from_numpy(np.asarray(class_probs, dtype=np.float64))
+    p_gen = generator_distribution(class_probs, columns).double() * raw.sum(1, keepdim=True)
+    return ensemble(p_clip.double(), p_gen, weight).float()
+
+
 def resize_shortest_edge(image: np.ndarray, short: int, longest: int) -> np.ndarray:
     """The image resized (PIL bilinear, as detectron2's ResizeShortestEdge) so that its shortest side
     is `short` and its longest at most `longest`; unchanged when it already is."""
@@ -314,6 +335,11 @@ class Regions:
     classes: np.ndarray | None = None
     soft: torch.Tensor | None = None
     class_probs: np.ndarray | None = None
+
+    @property
+    def classified(self) -> torch.Tensor:
+        """The regions CLIP classifies: those with a non-empty binary mask."""
+        return self.masks.flatten(1).any(1) if len(self.masks) else torch.zeros(0, dtype=torch.bool)
 
     def painted(self, shape: tuple[int, int]) -> torch.Tensor:
         """The masks to paint, at the labels' size: bilinear upsampling commutes with the painting's
@@ -374,10 +400,7 @@ class Benchmark:
                 np.add.at(region_counts, region_classes, 1)
             crops = {}  # models that share input size, fill and device share the crops
             for model in self.models:
-                probabilities = self._classify(model, regions.image, masks, text[model.label], crops)
-                if self.columns is not None and regions.class_probs is not None:
-                    probabilities = ensemble_with_generator(probabilities, regions.class_probs, self.columns,
-                                                            config.ensemble_lambda)
+                probabilities = self._probabilities(model, regions, text[model.label], crops)
                 if region_classes is not None:
                     predicted = probabilities.argmax(1).numpy()
                     np.add.at(region_hits[model.label], region_classes[predicted == region_classes], 1)
@@ -389,6 +412,20 @@ class Benchmark:
             bar.update(1)
         bar.close()
         return self._report(matrices, region_hits, region_counts, regions_total, images, time.perf_counter() - started)
+
+    def _probabilities(self, model: EvalModel, regions: Regions, classes: torch.Tensor, crops: dict) -> torch.Tensor:
+        """(R, C) class probabilities of every region: CLIP's, ensembled with the generator's when asked."""
+        ensembled = self.columns is not None and regions.class_probs is not None
+        if not (ensembled and self.config.ensemble_form == "released"):
+            probabilities = self._classify(model, regions.image, regions.masks, classes, crops)
+            if ensembled:
+                probabilities = ensemble_with_generator(probabilities, regions.class_probs, self.columns,
+                                                        self.config.ensemble_lambda)
+            return probabilities
+        classified = regions.classified
+        p_clip = torch.ones((len(regions.masks), len(classes)))
+        p_clip[classified] = self._classify(model, regions.image, regions.masks[classified], classes, crops)
+        return ensemble_as_released(p_clip, regions.class_probs, self.columns, self.config.ensemble_lambda)
 
     def _classify(self, model: EvalModel, image: np.ndarray, masks: torch.Tensor, classes: torch.Tensor,
                   crops: dict) -> torch.Tensor:
@@ -418,7 +455,8 @@ class Benchmark:
             return Regions(sample.image, masks, classes)
         image = self._test_image(sample.image)
         if self.config.protocol == "two-stage":
-            soft, masks, class_probs = self.proposals.soft_masks(image)
+            keep_empty = self.columns is not None and self.config.ensemble_form == "released"
+            soft, masks, class_probs = self.proposals.soft_masks(image, keep_empty)
             return Regions(image, masks, None, soft, class_probs)
         masks, proposals = self.proposals.proposals(SegSample(sample.key, image, sample.labels))
         return Regions(image, masks, None, None, proposals.class_probs if proposals is not None else None)
@@ -477,7 +515,9 @@ def protocol_settings(config: BenchConfig, classes: int, test_size: tuple[int, i
     return {"dataset": config.dataset, "classes": classes, "protocol": config.protocol,
             "masks": MASKS[config.protocol],
             "proposals": config.proposals if config.protocol != "gt-masks" else None,
-            "ensemble_lambda": config.ensemble_lambda, "encoder": config.encoder,
+            "ensemble_lambda": config.ensemble_lambda,
+            "ensemble_form": config.ensemble_form if config.ensemble_lambda is not None else None,
+            "encoder": config.encoder,
             "single_pass_long_side": config.single_pass_long_side, "single_pass_blocks": config.single_pass_blocks,
             "limit": config.limit, "temperature": TEMPERATURE,
             "region_preprocessing": config.region_preprocessing if config.encoder == "crops" else None,

@@ -10,7 +10,7 @@ from dataclasses import fields
 from dataengine.cli import help_with_default
 from dataengine.config import ENCODERS, ConfigError, from_dict
 
-from .config import LOSSES, MODES, PRECISIONS, PROTOCOLS, TrainConfig
+from .config import ENSEMBLE_FORMS, LOSSES, MODES, PRECISIONS, PROTOCOLS, TrainConfig
 
 TRAIN_HELP = {
     "shards": ("PATTERN", "pair shards: brace pattern, glob, or folder of tars, e.g. out/coco/shards "
@@ -264,6 +264,11 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
                         help="two-stage: weight of CLIP in the geometric ensemble with the generator's class scores, "
                              "over every class and renormalized; `method` takes the method's weight for --dataset "
                              "(0.7 ADE, 0.6 Pascal Context, 0.45 VOC); needs a generator that scores class names")
+    parser.add_argument("--ensemble-form", default="renormalized", choices=ENSEMBLE_FORMS, metavar="F",
+                        help="with --ensemble-lambda: renormalized (the generator's class probabilities and the "
+                             "mixture renormalized per region; default) | released (as the method's released code: "
+                             "nothing renormalized, so a likely no-object query weighs less; queries with an empty "
+                             "binary mask still paint; needs --protocol two-stage)")
     parser.add_argument("--limit", type=int, metavar="N", help="evaluate the first N images only")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="regions per CLIP forward (default: 32)")
     parser.add_argument("--encoder", default="crops", choices=ENCODERS, metavar="E",
@@ -283,7 +288,8 @@ def add_bench_arguments(parser, datasets, protocols) -> None:
     parser.add_argument("--no-test-resize", action="store_true", help="evaluate images as stored")
     parser.add_argument("--mask-threshold", type=float, metavar="T",
                         help="two-stage: the probability at which a MaskFormer's soft masks are binarized for CLIP "
-                             "(default: 0.4; the method's released Swin-B config uses 0.35, its R101c one 0.5)")
+                             "(default: 0.4, as the method's Swin-B evaluation config; its demo config uses 0.35, its R101c "
+                             "one 0.5)")
     parser.add_argument("--region-preprocessing", default="engine", choices=("engine", "method"), metavar="P",
                         help="crops: engine (as mining, PIL's way: 8-bit fill at the CLIP mean, antialiased bicubic; "
                              "default) | method (the method's released adapter: normalize, fill 0, F.interpolate "
@@ -320,7 +326,8 @@ def run_bench(args: argparse.Namespace) -> int:
                          progress=not args.no_progress, encoder=args.encoder, test_resize=not args.no_test_resize,
                          test_short_side=args.test_short_side, test_max_size=args.test_max_size,
                          single_pass_long_side=args.single_pass_long_side, single_pass_blocks=args.single_pass_blocks,
-                         region_preprocessing=args.region_preprocessing, mask_threshold=args.mask_threshold)
+                         region_preprocessing=args.region_preprocessing, mask_threshold=args.mask_threshold,
+                         ensemble_form=args.ensemble_form)
     requested = [parse_model_argument(value) for value in args.model]
     if args.clip or args.prompts or not requested:
         requested.insert(0, ("clip+prompts" if args.prompts else "clip", args.clip or "ViT-B-16@openai"))

@@ -12,6 +12,7 @@ MODES = {"mpt": ("mpt",), "ft": ("ft",), "ft+mpt": ("ft", "mpt")}  # a mode is i
 PRECISIONS = ("auto", "fp32", "bf16")
 BALANCES = ("none", "sqrt", "inverse")
 PROTOCOLS = ("gt-masks", "two-stage", "two-stage-binary")
+ENSEMBLE_FORMS = ("renormalized", "released")  # finetune.benchmark: how the ensemble normalizes
 # Settings that may change between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = {"max_steps", "log_every", "checkpoint_every", "device", "progress"}
 

@@ -168,6 +168,53 @@ def test_the_ensemble_at_weight_0_is_the_generator_and_at_1_is_clip_on_every_cla
         every, torch.from_numpy(generator[:, [3, 2, 0]] / generator[:, [3, 2, 0]].sum(1, keepdims=True)).float())
 
 
+def test_the_released_ensemble_weighs_a_likely_no_object_query_less_and_renormalizes_nothing():
+    import torch
+
+    from finetune.benchmark import ensemble_as_released, paint
+
+    columns = [0, 1]  # a generator that names both classes
+    # softmax over (class 0, class 1, no-object) with no-object dropped, as ov-seg keeps it
+    class_probs = np.array([[0.08, 0.02, 0.9],   # query A: likely no-object, says class 0
+                            [0.1, 0.7, 0.2]])[:, :2]
+    p_clip = torch.tensor([[0.6, 0.4], [0.4, 0.6]])
+    mixed = ensemble_as_released(p_clip, class_probs, columns, 0.5)
+    expected = np.sqrt(class_probs) * np.sqrt(p_clip.numpy())
+    assert mixed.numpy() == pytest.approx(expected, abs=1e-6)
+    assert mixed.sum(1)[0] < mixed.sum(1)[1] < 1  # nothing renormalized
+    # the two queries overlap fully: the no-object-heavy query A loses the pixel to B
+    masks = torch.ones((2, 1, 1))
+    assert paint(masks, mixed)[0, 0] == 1
+    # weight 1: CLIP alone; weight 0: the generator's probabilities as they are, not renormalized
+    assert torch.allclose(ensemble_as_released(p_clip, class_probs, columns, 1.0), p_clip, atol=1e-6)
+    assert ensemble_as_released(p_clip, class_probs, columns, 0.0).numpy() == pytest.approx(class_probs, abs=1e-6)
+    # a query CLIP did not classify (empty binary mask) keeps p_clip = 1, as the released code fills it
+    unclassified = ensemble_as_released(torch.ones((1, 2)), class_probs[:1], columns, 0.7)
+    assert unclassified.numpy() == pytest.approx(class_probs[:1] ** 0.3, abs=1e-6)
+
+
+def test_the_released_ensemble_form_end_to_end_and_recorded(maskformer_dir, tmp_path, capsys):
+    from dataengine.cli import main
+
+    base = ["bench", "--dataset", "voc", "--root", str(shared("voc")), "--limit", "2", "--clip", "dataengine-tiny",
+            "--device", "cpu", "--no-progress", "--proposals", f"hf:{maskformer_dir}", "--ensemble-lambda", "method"]
+    reports = {}
+    for form in ("renormalized", "released"):
+        out = tmp_path / f"{form}.json"
+        assert main([*base, "--protocol", "two-stage", "--ensemble-form", form, "--out", str(out)]) == 0
+        reports[form] = json.loads(out.read_text())
+        assert reports[form]["settings"]["ensemble_form"] == form
+    # the released form keeps queries whose binary mask is empty: they still paint
+    assert reports["released"]["regions"] >= reports["renormalized"]["regions"]
+    capsys.readouterr()
+    assert main(["bench", "--compare", str(tmp_path / "renormalized.json"), str(tmp_path / "released.json")]) == 2
+    assert 'ensemble_form: "renormalized" vs "released"' in capsys.readouterr().err
+    # the released form needs the method's two-stage (soft masks and no-object probabilities)
+    assert main([*base, "--protocol", "two-stage-binary", "--ensemble-form", "released",
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs --protocol two-stage" in capsys.readouterr().err
+
+
 def test_two_stage_with_a_learned_generator_and_its_ensemble(maskformer_dir, tmp_path):
     from dataengine.cli import main
 

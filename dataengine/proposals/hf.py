@@ -105,8 +105,9 @@ class MaskFormerProposals(HFProposals):
 
     def soft_masks(self, sample: Sample, resize: bool = True):
         """Every query of one image, none filtered: (Q, H, W) float32 mask probabilities at the image's
-        size, and (Q, labels) class probabilities (no-object excluded, renormalized). This is what
-        MaskFormer's semantic inference sums over; the whole (Q, H, W) tensor is held at once.
+        size, and (Q, labels) class probabilities: the softmax over the labels and no-object, with
+        no-object dropped and not renormalized (each row sums to 1 - p(no-object)), as MaskFormer's
+        semantic inference uses them. The whole (Q, H, W) tensor is held at once.
         `resize=False`: the model runs at the image's own size (already resized by the caller)."""
         import torch
 
@@ -114,9 +115,7 @@ class MaskFormerProposals(HFProposals):
         height, width = sample.image.shape[:2]
         chunks = [probabilities.cpu() for _, probabilities in
                   self._query_probabilities(outputs.masks_queries_logits[0].float(), pixel_masks[0], height, width)]
-        probs = class_probs[0]
-        renormalized = (probs / probs.sum(-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
-        return torch.cat(chunks) if chunks else torch.zeros((0, height, width)), renormalized
+        return torch.cat(chunks) if chunks else torch.zeros((0, height, width)), class_probs[0].cpu().numpy()
 
     def _forward(self, samples: list[Sample], resize: bool = True):
         import torch

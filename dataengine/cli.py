@@ -204,11 +204,12 @@ def run_filter(args: argparse.Namespace) -> int:
     from .config import FilterConfig
     from .postpass import filter_corpus
 
-    config = FilterConfig(corpus=args.corpus, out=args.out, noun_quantile=args.noun_quantile,
+    config = FilterConfig(corpus=args.corpus, out=args.out, min_noun_margin=args.min_noun_margin,
+                          noun_quantile=args.noun_quantile,
                           max_pairs_per_noun=args.max_pairs_per_noun, progress=not args.no_progress)
     manifest = filter_corpus(config, overwrite=args.overwrite)
     dropped = {reason: count for reason, count in manifest["counts"]["reject_reasons"].items()
-               if reason in ("below_noun_quantile", "over_max_pairs_per_noun")}
+               if reason in ("below_noun_margin", "below_noun_quantile", "over_max_pairs_per_noun")}
     print(f"\nkept {manifest['counts']['pairs']} of {manifest['filter']['corpus_pairs']} pairs ("
           + (", ".join(f"{reason} {count}" for reason, count in dropped.items()) or "none dropped")
           + f") -> {args.out}")
@@ -268,12 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     post = commands.add_parser(
         "filter", help="corpus-level filters of a mined corpus, into a new corpus",
-        description="The per-noun filters that need the whole corpus: --noun-quantile drops each noun's pairs below "
-                    "its own score quantile, then --max-pairs-per-noun keeps each noun's best N. Writes a corpus "
+        description="The per-noun filters that need the whole corpus: --min-noun-margin drops the nouns whose pairs' "
+                    "median margin is low, --noun-quantile drops each noun's pairs below its own score quantile, "
+                    "then --max-pairs-per-noun keeps each noun's best N. Writes a corpus "
                     "of the same layout (shards, index, rejects with a row per dropped pair, manifest).",
         epilog="Rerunning the same command resumes it: finished shards are kept.")
     post.add_argument("corpus", metavar="CORPUS", help="a finished corpus (the --out of dataengine mine)")
     post.add_argument("--out", required=True, metavar="DIR", help="where the filtered corpus goes (a new folder)")
+    post.add_argument("--min-noun-margin", type=float, metavar="M", help="0 <= M <= 2: a noun whose pairs have a "
+                      "median margin (best minus second-best cosine) under M drops all its pairs (default: off)")
     post.add_argument("--noun-quantile", type=float, metavar="Q", help="0 <= Q < 1: of its n pairs, each noun drops "
                       "its floor(Q*n) lowest-scoring (default: off)")
     post.add_argument("--max-pairs-per-noun", type=int, metavar="N", help="each noun keeps at most its N best-scoring "

@@ -291,6 +291,7 @@ class FilterConfig:
 
     corpus: str = ""  # a finished corpus (the --out of dataengine mine)
     out: str = ""  # where the filtered corpus goes (same layout: shards, index, rejects, stats, manifest)
+    min_noun_margin: float | None = None  # 0..2: a noun whose pairs' median margin is under this drops them all
     noun_quantile: float | None = None  # 0..1: each noun keeps its pairs above this quantile of its own scores
     max_pairs_per_noun: int | None = None  # each noun keeps at most this many pairs, its best-scoring
     progress: bool = True
@@ -300,8 +301,11 @@ class FilterConfig:
             raise ConfigError("filter: a corpus and an --out folder are required")
         if Path(self.corpus).resolve() == Path(self.out).resolve():
             raise ConfigError(f"--out: {self.out} is the corpus itself; write the filtered corpus to another folder")
-        if self.noun_quantile is None and self.max_pairs_per_noun is None:
-            raise ConfigError("filter: nothing to do: give --noun-quantile Q and/or --max-pairs-per-noun N")
+        if self.min_noun_margin is None and self.noun_quantile is None and self.max_pairs_per_noun is None:
+            raise ConfigError("filter: nothing to do: give --min-noun-margin M, --noun-quantile Q and/or "
+                              "--max-pairs-per-noun N")
+        if self.min_noun_margin is not None:
+            _check_range("min_noun_margin", self.min_noun_margin, 0.0, 2.0)
         if self.noun_quantile is not None:
             _check_range("noun_quantile", self.noun_quantile, 0.0, 0.999999)
         if self.max_pairs_per_noun is not None:

@@ -1,6 +1,11 @@
 """The corpus-level post-pass, `dataengine filter CORPUS --out DIR`: the filters that need every pair
 of the corpus at once, applied in this order to each noun's pairs:
 
+0. `--min-noun-margin M`: a noun whose pairs have a median margin (best minus second-best cosine)
+   under M drops all of them (below_noun_margin). CLIP cannot tell that noun's region from the
+   others: in the controlled world such nouns' pairs are mostly wrong. Pairs without a margin (one
+   proposal only) do not count towards the median; a noun with none keeps its pairs. A better
+   model (for example the loop's adapted one) raises the margins and brings the noun back;
 1. `--noun-quantile Q`: of its n pairs, a noun drops its floor(Q n) lowest-scoring, keeping those
    above its own Q-quantile (below_noun_quantile). A noun CLIP scores low everywhere keeps its best
    pairs, where a global --min-score would drop it whole;
@@ -31,12 +36,13 @@ import pyarrow.parquet as pq
 from .checkpoint import file_sha256
 from .config import ConfigError, FilterConfig
 from .output import RUN_FILE, OutputFolder
-from .reasons import BELOW_NOUN_QUANTILE, IMAGE_LEVEL, NO_PAIRS, NOUN_LEVEL, OVER_MAX_PAIRS_PER_NOUN
+from .reasons import (BELOW_NOUN_MARGIN, BELOW_NOUN_QUANTILE, IMAGE_LEVEL, NO_PAIRS, NOUN_LEVEL,
+                      OVER_MAX_PAIRS_PER_NOUN)
 from .schema import arrow_schema
 from .write import SHARD_INDEX, SHARD_REJECTS, SHARD_STATS, SHARD_TAR, CorpusWriter, Models
 
 STAGE = "filter"
-DECISION_COLUMNS = ["key", "noun", "score"]
+DECISION_COLUMNS = ["key", "noun", "score", "margin"]
 
 
 def read_finished_manifest(corpus: Path) -> dict:
@@ -50,13 +56,20 @@ def read_finished_manifest(corpus: Path) -> dict:
 
 
 def decide(table: pa.Table, config: FilterConfig) -> dict[str, tuple[str, str]]:
-    """Pair key -> (reason, detail) for every pair the filters drop; `table` holds key, noun, score."""
-    keys, nouns, scores = (table.column(name).to_pylist() for name in DECISION_COLUMNS)
+    """Pair key -> (reason, detail) for every pair the filters drop; `table` holds key, noun, score, margin."""
+    keys, nouns, scores, margins = (table.column(name).to_pylist() for name in DECISION_COLUMNS)
     by_noun: dict[str, list[int]] = {}
     for row, noun in enumerate(nouns):
         by_noun.setdefault(noun, []).append(row)
     dropped: dict[str, tuple[str, str]] = {}
     for noun, rows in by_noun.items():
+        if config.min_noun_margin is not None:
+            median = median_margin([margins[row] for row in rows])
+            if median is not None and median < config.min_noun_margin:
+                for row in rows:
+                    dropped[keys[row]] = (BELOW_NOUN_MARGIN, f"{noun!r}: median margin {median:.4f} of its {len(rows)} "
+                                          f"pairs is under {config.min_noun_margin}")
+                continue
         ranked = sorted(rows, key=lambda row: (-scores[row], keys[row]))
         if config.noun_quantile is not None:
             keep = len(ranked) - math.floor(config.noun_quantile * len(ranked))
@@ -70,6 +83,15 @@ def decide(table: pa.Table, config: FilterConfig) -> dict[str, tuple[str, str]]:
                 dropped[keys[row]] = (OVER_MAX_PAIRS_PER_NOUN, f"score {scores[row]:.4f}: {noun!r} keeps its "
                                       f"{config.max_pairs_per_noun} best pairs")
     return dropped
+
+
+def median_margin(margins: list[float | None]) -> float | None:
+    """The median of the margins that exist (a pair with one proposal has none); None if none do."""
+    known = sorted(m for m in margins if m is not None and not math.isnan(m))
+    if not known:
+        return None
+    middle = len(known) // 2
+    return known[middle] if len(known) % 2 else (known[middle - 1] + known[middle]) / 2
 
 
 class FilteredWriter(CorpusWriter):
@@ -148,7 +170,8 @@ def _emptied_images(rows: list[dict], still_paired: set[str], removed: list[dict
 def filter_job(config: FilterConfig, corpus: Path, manifest: dict, version: str) -> dict:
     """The fingerprint of a filter run: its settings and the corpus it reads, by the digest of the
     corpus's run.json (its mining job's fingerprint: the manifest changes with wall times alone)."""
-    return {"kind": "filter", "settings": {"noun_quantile": config.noun_quantile,
+    return {"kind": "filter", "settings": {"min_noun_margin": config.min_noun_margin,
+                                           "noun_quantile": config.noun_quantile,
                                            "max_pairs_per_noun": config.max_pairs_per_noun},
             "corpus": {"path": str(corpus.resolve()), "job_sha256": file_sha256(corpus / RUN_FILE)},
             "dataengine_version": version, "shards": len(manifest["shards"])}
@@ -197,6 +220,7 @@ def filtered_manifest(config: FilterConfig, source: dict, stats: list[dict], cor
             "resumed_shards": resumed, "wall_seconds": round(wall, 3),
             "images_per_second": round(counts["images"] / wall, 3) if wall > 0 else 0.0,
             "pairs_per_second": round(counts["pairs"] / wall, 3) if wall > 0 else 0.0,
-            "filter": {"corpus": str(Path(config.corpus).resolve()), "noun_quantile": config.noun_quantile,
+            "filter": {"corpus": str(Path(config.corpus).resolve()), "min_noun_margin": config.min_noun_margin,
+                       "noun_quantile": config.noun_quantile,
                        "max_pairs_per_noun": config.max_pairs_per_noun, "corpus_pairs": corpus_pairs,
                        "kept_pairs": counts["pairs"]}}

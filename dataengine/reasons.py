@@ -42,6 +42,9 @@ REASONS: tuple[Reason, ...] = (
            "classes of its region over the vocabulary"),
     Reason("no_free_proposal", NOUN_LEVEL, "--one-to-one left no proposal for this noun"),
     Reason("over_max_pairs", NOUN_LEVEL, "the image already has --max-pairs-per-image pairs"),
+    Reason("below_noun_margin", NOUN_LEVEL, "dataengine filter --min-noun-margin: the median margin of the noun's pairs "
+           "over the corpus is under the setting (CLIP cannot tell this noun's region from the others), so all its "
+           "pairs go"),
     Reason("below_noun_quantile", NOUN_LEVEL, "dataengine filter --noun-quantile: the pair's score is under its noun's "
            "score quantile over the corpus"),
     Reason("over_max_pairs_per_noun", NOUN_LEVEL, "dataengine filter --max-pairs-per-noun: the noun already has that many "
@@ -52,7 +55,7 @@ REASON_NAMES = tuple(reason.name for reason in REASONS)
 (MISSING_FILE, EMPTY_FILE, DECODE_ERROR, TOO_LARGE, BAD_METADATA, NO_CAPTION, NO_NOUNS, NO_PROPOSALS,
  SIZE_MISMATCH, NO_PAIRS, DUPLICATE_KEY, SOURCE_ERROR, OUT_OF_MEMORY, STAGE_ERROR,
  TOO_FEW_MENTIONS, BELOW_MIN_SCORE, BELOW_MIN_MARGIN, NOT_MUTUAL_BEST, OUTSIDE_VOCABULARY_TOP_K, NO_FREE_PROPOSAL,
- OVER_MAX_PAIRS, BELOW_NOUN_QUANTILE, OVER_MAX_PAIRS_PER_NOUN) = REASON_NAMES
+ OVER_MAX_PAIRS, BELOW_NOUN_MARGIN, BELOW_NOUN_QUANTILE, OVER_MAX_PAIRS_PER_NOUN) = REASON_NAMES
 
 
 def reasons_markdown() -> str:

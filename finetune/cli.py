@@ -193,6 +193,8 @@ def add_loop_parser(commands) -> None:
                         "each noun drops its floor(Q*n) lowest-scoring pairs (default: off)")
     parser.add_argument("--max-pairs-per-noun", type=int, metavar="N", help="dataengine filter on each round's corpus: "
                         "each noun keeps its N best pairs (default: off)")
+    parser.add_argument("--min-noun-margin", type=float, metavar="M", help="dataengine filter on each round's corpus: "
+                        "a noun whose pairs' median margin is under M drops them all (default: off)")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a dataengine finetune setting for every round's training, by name, e.g. --train-set "
                              "epochs=3 (repeatable; see dataengine finetune --help)")
@@ -220,7 +222,8 @@ def run_loop_command(args: argparse.Namespace) -> int:
         if key.strip() in LOOP_OWNS:
             raise ConfigError(f"--train-set {key.strip()}: the loop sets it ({LOOP_OWNS[key.strip()]})")
         values[key.strip()] = yaml.safe_load(value)
-    record = run_rounds(LoopSettings(mining.out, args.rounds, args.noun_quantile, args.max_pairs_per_noun), mining,
+    record = run_rounds(LoopSettings(mining.out, args.rounds, args.noun_quantile, args.max_pairs_per_noun,
+                                     args.min_noun_margin), mining,
                         from_dict(TrainConfig, values))
     for entry in record["rounds"]:
         print(f"round {entry['round']}: {entry['pairs']} pairs mined with {entry['mined_with']} -> {entry['train']}")

@@ -60,8 +60,9 @@ class Round:
 class LoopSettings:
     out: str
     rounds: int = 2
-    noun_quantile: float | None = None  # the post-pass of each round's corpus (None and None: no post-pass)
+    noun_quantile: float | None = None  # the post-pass of each round's corpus (all None: no post-pass)
     max_pairs_per_noun: int | None = None
+    min_noun_margin: float | None = None
 
     def validate(self) -> None:
         if not isinstance(self.rounds, int) or self.rounds < 1:
@@ -69,7 +70,7 @@ class LoopSettings:
 
     @property
     def filters(self) -> bool:
-        return self.noun_quantile is not None or self.max_pairs_per_noun is not None
+        return any(value is not None for value in (self.noun_quantile, self.max_pairs_per_noun, self.min_noun_margin))
 
 
 Evaluate = Callable[[Round, Path], dict]  # (round, the corpus it trained on) -> figures for loop.json
@@ -123,6 +124,7 @@ def _run_round(current: Round, settings: LoopSettings, mining: MineConfig, train
     if settings.filters:
         manifest = filter_corpus(FilterConfig(corpus=str(corpus), out=str(current.filtered),
                                               noun_quantile=settings.noun_quantile,
+                                              min_noun_margin=settings.min_noun_margin,
                                               max_pairs_per_noun=settings.max_pairs_per_noun, progress=mining.progress))
         corpus = current.filtered
     summary = train_or_resume(replace(training, shards=str(corpus / "shards"), out=str(current.run), clip=pretrained))

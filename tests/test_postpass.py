@@ -18,9 +18,11 @@ from dataengine.pipeline import mine
 from dataengine.postpass import FilteredWriter, decide, filter_corpus
 
 
-def table(rows: list[tuple[str, str, float]]) -> pa.Table:
-    keys, nouns, scores = zip(*rows, strict=True)
-    return pa.table({"key": list(keys), "noun": list(nouns), "score": list(scores)})
+def table(rows: list[tuple]) -> pa.Table:
+    """(key, noun, score) or (key, noun, score, margin) rows; margin None where absent."""
+    keys, nouns, scores, margins = zip(*[(*row, None)[:4] for row in rows], strict=True)
+    return pa.table({"key": list(keys), "noun": list(nouns), "score": list(scores),
+                     "margin": pa.array(list(margins), type=pa.float64())})
 
 
 def reasons(dropped: dict) -> dict[str, str]:
@@ -43,6 +45,24 @@ def test_the_cap_keeps_each_nouns_best_after_the_quantile():
                        "d2": "over_max_pairs_per_noun", "c1": "below_noun_quantile"}
     assert reasons(decide(table(rows), FilterConfig(max_pairs_per_noun=1))) == {
         **{f"d{i}": "over_max_pairs_per_noun" for i in range(1, 6)}, "c1": "over_max_pairs_per_noun"}
+
+
+def test_a_noun_whose_median_margin_is_low_drops_all_its_pairs_before_the_other_filters():
+    rows = [("d1", "dog", 0.9, 0.30), ("d2", "dog", 0.5, 0.02), ("d3", "dog", 0.4, 0.20),  # dog: median 0.20
+            ("k1", "key", 0.8, 0.05), ("k2", "key", 0.7, 0.40), ("k3", "key", 0.6, 0.08), ("k4", "key", 0.5, None),
+            ("s1", "sky", 0.3, None)]  # key: median of 0.05, 0.08, 0.40 = 0.08; sky has no margin at all
+    dropped = decide(table(rows), FilterConfig(min_noun_margin=0.1))
+    assert reasons(dropped) == {key: "below_noun_margin" for key in ("k1", "k2", "k3", "k4")}
+    assert "median margin 0.0800 of its 4 pairs" in dropped["k2"][1]
+    assert decide(table(rows), FilterConfig(min_noun_margin=0.08)) == {}  # at the threshold: kept
+    even = [("a", "cup", 0.5, 0.1), ("b", "cup", 0.5, 0.2)]  # an even count: the mean of the middle two
+    assert reasons(decide(table(even), FilterConfig(min_noun_margin=0.16))) == {"a": "below_noun_margin",
+                                                                               "b": "below_noun_margin"}
+    assert decide(table(even), FilterConfig(min_noun_margin=0.15)) == {}
+    # the quantile and the cap act on the nouns that stay
+    both = reasons(decide(table(rows), FilterConfig(min_noun_margin=0.1, max_pairs_per_noun=1)))
+    assert both == {**{key: "below_noun_margin" for key in ("k1", "k2", "k3", "k4")},
+                    "d2": "over_max_pairs_per_noun", "d3": "over_max_pairs_per_noun"}
 
 
 def test_the_decision_does_not_depend_on_row_order():
@@ -116,6 +136,7 @@ def test_other_settings_into_the_same_folder_are_refused_unless_overwrite(corpus
 
 @pytest.mark.parametrize("overrides, message", [
     ({"noun_quantile": None, "max_pairs_per_noun": None}, "nothing to do"),
+    ({"min_noun_margin": -0.1}, "min_noun_margin"),
     ({"noun_quantile": 1.0}, "noun_quantile"),
     ({"max_pairs_per_noun": 0}, "max_pairs_per_noun"),
 ])
@@ -136,5 +157,8 @@ def test_cli_filter(corpus, tmp_path, capsys):
 
     assert main(["filter", str(corpus), "--out", str(tmp_path / "f"), "--max-pairs-per-noun", "1", "--no-progress"]) == 0
     assert "over_max_pairs_per_noun" in capsys.readouterr().out
+    assert main(["filter", str(corpus), "--out", str(tmp_path / "m"), "--min-noun-margin", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "below_noun_margin" in out and "kept 0 of" in out  # no margin reaches 2: every noun with one goes
     assert main(["filter", str(corpus), "--out", str(tmp_path / "g"), "--no-progress"]) == 2
     assert "nothing to do" in capsys.readouterr().err

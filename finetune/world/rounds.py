@@ -2,6 +2,7 @@
 
     python -m finetune.world.rounds --out DIR [--scenes 240] [--seed 1] [--rounds 2] [--mode mpt]
         [--proposals annotations] [--filter NAME] [--noun-quantile Q] [--max-pairs-per-noun N]
+        [--min-noun-margin M]
 
 Generates a world (the demo's scenes for the same seed and size), then runs the loop on its
 training split: round 1 mines with the committed world CLIP and trains; each later round mines the
@@ -72,12 +73,14 @@ def run(args) -> dict:
     demo = LoopConfig(out=str(out), progress=progress)
     mining = mining_config(split, out / "unused", args.proposals, clip, "local", progress, FILTERS[args.filter])
     training = training_config("-", args.mode, out / "unused", demo, clip)
-    record = run_rounds(LoopSettings(str(out / "loop"), args.rounds, args.noun_quantile, args.max_pairs_per_noun),
+    record = run_rounds(LoopSettings(str(out / "loop"), args.rounds, args.noun_quantile, args.max_pairs_per_noun,
+                                     args.min_noun_margin),
                         mining, training, world_evaluator(split, heldout, progress))
     pretrained = evaluate(heldout, load_models({"pretrained": clip}), "gt-masks", progress)["models"]["pretrained"]
     result = {"world": {"train": args.scenes, "heldout": args.scenes // 2, "seed": args.seed},
               "settings": {"proposals": args.proposals, "filter": args.filter, "mode": args.mode,
-                           "noun_quantile": args.noun_quantile, "max_pairs_per_noun": args.max_pairs_per_noun},
+                           "noun_quantile": args.noun_quantile, "max_pairs_per_noun": args.max_pairs_per_noun,
+                           "min_noun_margin": args.min_noun_margin},
               "pretrained": accuracy(pretrained), "rounds": record["rounds"]}
     (out / "rounds.json").write_text(json.dumps(result, indent=2))
     return result
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--filter", default="none", help="match filter of finetune.world.loop.FILTERS (default: none)")
     parser.add_argument("--noun-quantile", type=float, help="dataengine filter on each round's corpus (default: off)")
     parser.add_argument("--max-pairs-per-noun", type=int, help="dataengine filter on each round's corpus (default: off)")
+    parser.add_argument("--min-noun-margin", type=float, help="dataengine filter on each round's corpus (default: off)")
     print(format_table(run(parser.parse_args(argv))))
     return 0
 

@@ -36,8 +36,14 @@ import pyarrow.parquet as pq
 from .checkpoint import file_sha256
 from .config import ConfigError, FilterConfig
 from .output import RUN_FILE, OutputFolder
-from .reasons import (BELOW_NOUN_MARGIN, BELOW_NOUN_QUANTILE, IMAGE_LEVEL, NO_PAIRS, NOUN_LEVEL,
-                      OVER_MAX_PAIRS_PER_NOUN)
+from .reasons import (
+    BELOW_NOUN_MARGIN,
+    BELOW_NOUN_QUANTILE,
+    IMAGE_LEVEL,
+    NO_PAIRS,
+    NOUN_LEVEL,
+    OVER_MAX_PAIRS_PER_NOUN,
+)
 from .schema import arrow_schema
 from .write import SHARD_INDEX, SHARD_REJECTS, SHARD_STATS, SHARD_TAR, CorpusWriter, Models
 

@@ -102,6 +102,7 @@ def test_the_whole_loop_on_a_tiny_world(tmp_path):
 
     config = LoopConfig(out=str(tmp_path / "loop"), train_scenes=16, heldout_scenes=8, clip="dataengine-world",
                         proposals=("annotations", "classical"), modes=("mpt", "ft-gt"), epochs=1, batch_size=16,
+                        filters=("mutual_best", "mutual_best + noun_quantile 0.5"),
                         score_thresholds=(0.0,), margin_thresholds=(0.0,), progress=False)
     report = run_loop(config)
     assert 0 <= report["nouns"]["precision"] <= 100 and 0 <= report["nouns"]["recall"] <= 100
@@ -109,11 +110,15 @@ def test_the_whole_loop_on_a_tiny_world(tmp_path):
     assert 0 <= report["proposal_recall"]["recall"] <= 100
     rows = report["mining"]["annotations"]["precision"]
     assert rows[0]["filter"] == "all pairs" and rows[0]["pairs"] == report["mining"]["annotations"]["pairs"]
-    labels = {"pretrained", "mpt", "mpt/mutual_best", "ft-gt"}
+    labels = {"pretrained", "mpt", "mpt/mutual_best", "mpt/mutual_best + noun_quantile 0.5", "ft-gt"}
     for key in ("gt_masks", "two_stage"):
         assert set(report[key]["models"]) == labels
     assert [(row["proposals"], row["filter"]) for row in report["pairs"]] == [
-        (p, f) for p in ("annotations", "classical") for f in ("none", "mutual_best")]
+        (p, f) for p in ("annotations", "classical") for f in ("none", "mutual_best", "mutual_best + noun_quantile 0.5")]
+    postpassed = report["pairs"][2]  # the post-pass filters the mutual-best corpus
+    assert postpassed["settings"] == {"mutual_best": True, "noun_quantile": 0.5}
+    assert postpassed["pairs"] <= report["pairs"][1]["pairs"]
+    assert (tmp_path / "loop" / "runs" / "mpt__mutual_best_noun_quantile_0.5" / "train.json").exists()
     for row in report["pairs"]:  # the documented keys of world_report.json
         assert {"pairs", "yield", "precision", "pairs_things", "precision_things", "pairs_stuff",
                 "precision_stuff"} <= set(row)

@@ -15,22 +15,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .loop import FILTERS, corpus_name, fmt, group_cell, mine_split, pair_precision, pct, world_parser
+from .loop import (
+    FILTERS,
+    POSTPASSES,
+    corpus_name,
+    filter_settings,
+    fmt,
+    group_cell,
+    mine_split,
+    pair_precision,
+    pct,
+    postpass,
+    world_parser,
+)
 from .scenes import generate_world
-
-# the corpus-level post-pass (dataengine filter), on the corpus of a match filter
-POSTPASSES: dict[str, tuple[str, dict]] = {
-    "noun_quantile 0.5": ("none", {"noun_quantile": 0.5}),
-    "noun_quantile 0.75": ("none", {"noun_quantile": 0.75}),
-    "mutual_best + noun_quantile 0.5": ("mutual_best", {"noun_quantile": 0.5}),
-    "mutual_best + noun_quantile 0.75": ("mutual_best", {"noun_quantile": 0.75}),
-}
 
 
 def measure(out: Path, scenes: int, seed: int, proposals: list[str], clip: str, progress: bool) -> list[dict]:
-    from dataengine.config import FilterConfig
-    from dataengine.postpass import filter_corpus
-
     world = out / "world"
     generate_world(world, scenes=scenes + scenes // 2, seed=seed, heldout=(scenes // 2) / (scenes + scenes // 2))
     split = world / "train"
@@ -44,11 +45,12 @@ def measure(out: Path, scenes: int, seed: int, proposals: list[str], clip: str, 
             unfiltered = unfiltered or row["pairs"]
             rows.append({"proposals": generator, "filter": name, "settings": match, **row,
                          "yield": pct(row["pairs"], unfiltered)})
-        for name, (base, settings) in POSTPASSES.items():
+        for name, (base, settings, only) in POSTPASSES.items():
+            if only is not None and generator not in only:
+                continue
             corpus = out / corpus_name(generator, name).replace("corpus-", "filtered-", 1)
-            filter_corpus(FilterConfig(corpus=str(corpora[base]), out=str(corpus), progress=False, **settings),
-                          overwrite=True)
-            rows.append({"proposals": generator, "filter": name, "settings": {**FILTERS[base], **settings},
+            postpass(corpora[base], corpus, settings)
+            rows.append({"proposals": generator, "filter": name, "settings": filter_settings(name),
                          **(row := _row(corpus, split)), "yield": pct(row["pairs"], unfiltered)})
     return rows
 
@@ -58,10 +60,10 @@ def _row(corpus: Path, split: Path) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'proposals':<12}{'filter':<34}{'pairs':>6}{'yield':>8}{'prec':>8}{'things':>16}{'stuff':>16}"]
+    lines = [f"{'proposals':<12}{'filter':<54}{'pairs':>6}{'yield':>8}{'prec':>8}{'things':>16}{'stuff':>16}"]
     for row in rows:
         things, stuff = group_cell(row, "things"), group_cell(row, "stuff")
-        lines.append(f"{row['proposals']:<12}{row['filter']:<34}{row['pairs']:>6}{fmt(row['yield']):>8}"
+        lines.append(f"{row['proposals']:<12}{row['filter']:<54}{row['pairs']:>6}{fmt(row['yield']):>8}"
                      f"{fmt(row['precision']):>8}{things:>16}{stuff:>16}")
     return "\n".join(lines)
 

@@ -43,7 +43,42 @@ FILTERS: dict[str, dict] = {
     "mutual_best + vocabulary top-1": {"mutual_best": True, "vocabulary": "corpus", "vocabulary_top_k": 1},
     "mutual_best + min_mentions 2": {"mutual_best": True, "min_mentions": 2},
     "all three (top-1)": {"mutual_best": True, "min_mentions": 2, "vocabulary": "corpus", "vocabulary_top_k": 1},
+    "mutual_best + min_margin 0.05": {"mutual_best": True, "min_margin": 0.05},
+    "mutual_best + min_margin 0.1": {"mutual_best": True, "min_margin": 0.1},
 }
+# name -> (the match filter of FILTERS whose corpus it filters, `dataengine filter` settings, the
+# proposals it is meant for (None: any; finetune.world.filters runs it for those only)). A noun's median margin depends on how many proposals
+# compete, so the --min-noun-margin thresholds differ: 0.14-0.17 for annotations, 0.02-0.03 for
+# classical proposals (chosen on seeds 1, 5 and 7, checked on seed 9: see the README).
+POSTPASSES: dict[str, tuple[str, dict, tuple[str, ...] | None]] = {
+    "noun_quantile 0.5": ("none", {"noun_quantile": 0.5}, None),
+    "noun_quantile 0.75": ("none", {"noun_quantile": 0.75}, None),
+    "mutual_best + noun_quantile 0.5": ("mutual_best", {"noun_quantile": 0.5}, None),
+    "mutual_best + noun_quantile 0.75": ("mutual_best", {"noun_quantile": 0.75}, None),
+    "min_noun_margin 0.17": ("none", {"min_noun_margin": 0.17}, ("annotations",)),
+    "min_mentions 2 + min_noun_margin 0.14": ("min_mentions 2", {"min_noun_margin": 0.14}, ("annotations",)),
+    "mutual_best + min_noun_margin 0.17": ("mutual_best", {"min_noun_margin": 0.17}, ("annotations",)),
+    "mutual_best + min_margin 0.1 + min_noun_margin 0.02": ("mutual_best + min_margin 0.1", {"min_noun_margin": 0.02},
+                                                            ("classical",)),
+    "mutual_best + min_margin 0.05 + min_noun_margin 0.03": ("mutual_best + min_margin 0.05",
+                                                             {"min_noun_margin": 0.03}, ("classical",)),
+}
+
+
+def filter_settings(name: str) -> dict:
+    """Every setting of a filter of FILTERS or POSTPASSES (the match stage's and the post-pass's)."""
+    if name in POSTPASSES:
+        base, settings, _ = POSTPASSES[name]
+        return {**FILTERS[base], **settings}
+    return FILTERS[name]
+
+
+def postpass(corpus: Path, out: Path, settings: dict) -> dict:
+    """`dataengine filter` of a mined corpus into `out` (replacing an earlier one)."""
+    from dataengine.config import FilterConfig
+    from dataengine.postpass import filter_corpus
+
+    return filter_corpus(FilterConfig(corpus=str(corpus), out=str(out), progress=False, **settings), overwrite=True)
 
 
 @dataclass
@@ -274,8 +309,13 @@ def corpus_name(proposals: str, filter_name: str = "none") -> str:
 
 
 def run_label(mode: str, filter_name: str = "none") -> str:
-    """A trained model's label (and OUT/runs/<label with / as __>): its mode, and its filter if any."""
+    """A trained model's label (OUT/runs/<run_folder_name(label)>): its mode, and its filter if any."""
     return mode if filter_name == "none" or mode == "ft-gt" else f"{mode}/{filter_name}"
+
+
+def run_folder_name(label: str) -> str:
+    """OUT/runs/<this>: a run's label with / as __ and other characters a file name should not hold as _."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label.replace("/", "__"))
 
 
 def training_runs(config: LoopConfig) -> list[tuple[str, str, str]]:
@@ -296,12 +336,12 @@ def check_loop_folder(config: LoopConfig) -> None:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, not a folder")
-    unknown = [name for name in config.filters if name not in FILTERS or name == "none"]
+    unknown = [name for name in config.filters if name not in {**FILTERS, **POSTPASSES} or name == "none"]
     if unknown:
-        raise ConfigError(f"demo: unknown filter {unknown[0]!r} (one of {', '.join(list(FILTERS)[1:])})")
+        raise ConfigError(f"demo: unknown filter {unknown[0]!r} (one of {', '.join([*list(FILTERS)[1:], *POSTPASSES])})")
     _check_world(out / "world")
     for proposals in config.proposals:
-        for filter_name in ("none", *config.filters):
+        for filter_name in corpora_to_mine(config.filters):
             corpus = out / corpus_name(proposals, filter_name)
             if corpus.is_symlink() or (corpus.exists() and not corpus.is_dir()):
                 raise ConfigError(f"demo: {corpus} is not a corpus folder; move it away or choose another --out")
@@ -312,7 +352,7 @@ def check_loop_folder(config: LoopConfig) -> None:
     if runs.is_symlink() or (runs.exists() and not runs.is_dir()):
         raise ConfigError(f"demo: {runs} is not the demo's folder of training runs; move it away or choose another --out")
     for label, _, _ in training_runs(config):
-        check_run_folder(runs / label.replace("/", "__"))
+        check_run_folder(runs / run_folder_name(label))
     report = out / REPORT
     if report.is_symlink() or (report.exists() and not _is_report(report)):
         raise ConfigError(f"demo: {report} is not a report the demo wrote; move it away or choose another --out")
@@ -397,15 +437,15 @@ def run_loop(config: LoopConfig) -> dict:
         report["proposal_recall"] = proposal_recall(heldout, "classical")
     runs, trained_on = {"pretrained": clip}, {"pretrained": None}
     for label, mode, filter_name in training_runs(config):
-        folder = out / "runs" / label.replace("/", "__")
+        folder = out / "runs" / run_folder_name(label)
         if mode == "ft-gt":
             _replace(out / "gt-shards", _check_gt_shards)
             shards = ground_truth_shards(train_split, out / "gt-shards", clip)
             runs[label], trained_on[label] = str(train_run(shards, "ft", folder, config, clip)), "ground truth"
         else:
             corpus = corpora[(config.proposals[0], filter_name)]
-            pairs = [row["pairs"] for row in report["pairs"] if row["proposals"] == config.proposals[0]]
-            epochs = equal_budget_epochs(config, pairs[list(("none", *config.filters)).index(filter_name)], pairs[0])
+            pairs = {row["filter"]: row["pairs"] for row in report["pairs"] if row["proposals"] == config.proposals[0]}
+            epochs = equal_budget_epochs(config, pairs[filter_name], pairs["none"])
             runs[label] = str(train_run(str(corpus / "shards"), mode, folder, config, clip, epochs))
             trained_on[label] = {"proposals": config.proposals[0], "filter": filter_name, "epochs": epochs}
     models = load_models(runs)  # once, for both protocols (their class embeddings are cached too)
@@ -418,16 +458,31 @@ def run_loop(config: LoopConfig) -> dict:
     return report
 
 
+def corpora_to_mine(filters: tuple[str, ...]) -> list[str]:
+    """Every corpus a list of filters needs, in order: unfiltered, then each filter after the match
+    filter its post-pass reads."""
+    names = ["none"]
+    for name in filters:
+        base = POSTPASSES[name][0] if name in POSTPASSES else None
+        names += [n for n in (base, name) if n is not None and n not in names]
+    return names
+
+
 def mine_corpora(config: LoopConfig, clip: str, split: Path, report: dict) -> dict[tuple[str, str], Path]:
     """Every (proposals, filter) corpus, with its row of report["pairs"]; report["mining"] keeps the
-    score and margin thresholds of the unfiltered ones."""
+    score and margin thresholds of the unfiltered ones. A post-pass filter (POSTPASSES) filters the
+    corpus of its match filter."""
     corpora = {}
     for proposals in config.proposals:
         unfiltered = None
-        for filter_name in ("none", *config.filters):
+        for filter_name in corpora_to_mine(config.filters):
             corpus = Path(config.out) / corpus_name(proposals, filter_name)
-            manifest = mine_split(split, corpus, proposals, clip, config.executor, config.progress,
-                                  FILTERS[filter_name])
+            if filter_name in POSTPASSES:
+                base, settings, _ = POSTPASSES[filter_name]
+                manifest = postpass(corpora[(proposals, base)], corpus, settings)
+            else:
+                manifest = mine_split(split, corpus, proposals, clip, config.executor, config.progress,
+                                      FILTERS[filter_name])
             corpora[(proposals, filter_name)] = corpus
             rows = pair_precision(corpus, split, *((config.score_thresholds, config.margin_thresholds)
                                                    if filter_name == "none" else ((), ())))
@@ -435,8 +490,9 @@ def mine_corpora(config: LoopConfig, clip: str, split: Path, report: dict) -> di
                 unfiltered = manifest["counts"]["pairs"]
                 report["mining"][proposals] = {"pairs": unfiltered, "precision": rows}
             row = {key: value for key, value in rows[0].items() if key != "filter"}
-            report["pairs"].append({"proposals": proposals, "filter": filter_name, "settings": FILTERS[filter_name],
-                                    "yield": pct(row["pairs"], unfiltered), **row})
+            report["pairs"].append({"proposals": proposals, "filter": filter_name,
+                                    "settings": filter_settings(filter_name), "yield": pct(row["pairs"], unfiltered),
+                                    **row})
     return corpora
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -166,6 +167,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         raise ConfigError("finetune: --shards and --out are required")
     values = {item.name: getattr(args, item.name) for item in fields(TrainConfig)}
     summary = train(from_dict(TrainConfig, values), resume=args.resume)
+    if int(os.environ.get("RANK", "0")):  # a data-parallel run: rank 0 reports
+        return 0
     for phase in summary["phases"]:
         state = "stopped (resume with --resume)" if phase["stopped"] else "done"
         skipped = f", {phase['skipped_pairs']} unreadable pairs skipped" if phase.get("skipped_pairs") else ""

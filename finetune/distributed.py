@@ -46,9 +46,7 @@ class World:
         return f"cuda:{self.local_rank}" if self.distributed and device == "cuda" else device
 
     def check(self, batch_size: int) -> None:
-        if batch_size % self.size:
-            raise TrainConfigError(f"--batch-size {batch_size} is the global batch: it must divide evenly over the "
-                                   f"{self.size} processes (e.g. {batch_size // self.size * self.size or self.size})")
+        check_global_batch(batch_size, self.size, "processes")
 
     def share(self, size: int) -> slice:
         """This rank's contiguous part of a global batch of `size` (an uneven one: the first ranks get one
@@ -108,6 +106,14 @@ class World:
         parts = [torch.empty_like(tensor) for _ in range(self.size)]
         dist.all_gather(parts, tensor)
         return torch.cat(parts)
+
+
+def check_global_batch(batch_size: int, processes: int, what: str) -> None:
+    if processes < 1:
+        raise TrainConfigError(f"{processes} {what}: there must be at least one")
+    if batch_size % processes:
+        raise TrainConfigError(f"--batch-size {batch_size} is the global batch: it must divide evenly over the "
+                               f"{processes} {what} (e.g. {max(1, batch_size // processes) * processes})")
 
 
 def join(device: str) -> World:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -225,12 +226,14 @@ def test_ray_train_workers_train_what_torchrun_does(shards, two_process_runs, tm
 
     from finetune.ray_train import fit
 
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
     try:
         config = TrainConfig(**settings(shards, tmp_path / "ray", "mpt"))
         result = fit(config, resume=False, workers=2, use_gpu=False, storage=str(tmp_path / "ray-storage"))
     finally:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     assert result.error is None
     assert result.checkpoint is not None and "last.pt" in os.listdir(result.checkpoint.path)
     torchrun_out = two_process_runs / "mpt"

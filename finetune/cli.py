@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -143,7 +144,9 @@ def add_finetune_parser(commands) -> None:
         description="Train mask-adapted CLIP on pair shards: mask prompt tuning (CLIP frozen), full finetune of "
                     "the visual tower, or finetune then MPT. The text tower is always frozen.",
         epilog="Resume an interrupted run with the same command plus --resume. Evaluate with: dataengine bench "
-               "--model NAME=OUT ...")
+               "--model NAME=OUT ... Data-parallel: torchrun --nproc-per-node N -m finetune ARGS (one process per "
+               "GPU, or gloo on CPU), or --ray-workers N on a Ray cluster; --batch-size is then the global batch, "
+               "dealt evenly over the processes, and the run trains what one process with that batch would.")
     defaults = TrainConfig()
     for item in fields(TrainConfig):
         metavar, help_text = TRAIN_HELP[item.name]
@@ -156,6 +159,18 @@ def add_finetune_parser(commands) -> None:
         parser.add_argument(f"--{item.name.replace('_', '-')}", dest=item.name, type=kind, metavar=metavar,
                             default=value, help=help_text)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    ray = parser.add_argument_group("Ray Train", "run the training as data-parallel Ray Train workers on the Ray cluster "
+                                                 "of this process (ray job submit ... -- python -m finetune ...); "
+                                                 "--shards and --out must be on storage every worker reads")
+    ray.add_argument("--ray-workers", type=int, metavar="N", help="train on N Ray Train workers (default: off, "
+                                                                  "train in this process or under torchrun)")
+    ray.add_argument("--ray-gpu", action="store_true", help="one GPU per Ray worker (NCCL); default: CPU workers (gloo)")
+    ray.add_argument("--ray-storage", metavar="DIR", help="Ray Train's storage_path, where it keeps its copies of the "
+                                                          "checkpoints: shared storage on a multi-node cluster "
+                                                          "(default: Ray's, ~/ray_results)")
+    ray.add_argument("--ray-max-failures", type=int, default=0, metavar="N",
+                     help="times Ray restarts the workers after a failure, each resuming from the last checkpoint "
+                          "(default: 0)")
     parser.set_defaults(run=run_finetune)
 
 
@@ -165,7 +180,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     if not args.shards or not args.out:
         raise ConfigError("finetune: --shards and --out are required")
     values = {item.name: getattr(args, item.name) for item in fields(TrainConfig)}
-    summary = train(from_dict(TrainConfig, values), resume=args.resume)
+    config = from_dict(TrainConfig, values)
+    if args.ray_workers is not None:
+        summary = run_on_ray(config, args)
+    else:
+        summary = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")):  # a data-parallel run: rank 0 reports
+        return 0
     for phase in summary["phases"]:
         state = "stopped (resume with --resume)" if phase["stopped"] else "done"
         skipped = f", {phase['skipped_pairs']} unreadable pairs skipped" if phase.get("skipped_pairs") else ""
@@ -173,6 +194,21 @@ def run_finetune(args: argparse.Namespace) -> int:
               f"{phase['pairs_per_s']:.1f} pairs/s{skipped}")
     print(f"-> {args.out}")
     return 0
+
+
+def run_on_ray(config: TrainConfig, args: argparse.Namespace) -> dict:
+    """The run as Ray Train workers; its summary is the train.json rank 0 wrote."""
+    import json
+    from pathlib import Path
+
+    from .distributed import check_global_batch
+    from .ray_train import fit
+
+    check_global_batch(config.batch_size, args.ray_workers, "Ray workers")  # before Ray starts anything
+    result = fit(config, args.resume, args.ray_workers, args.ray_gpu, args.ray_storage, args.ray_max_failures)
+    if result.error is not None:
+        raise result.error
+    return json.loads((Path(config.out) / "train.json").read_text())
 
 
 def add_loop_parser(commands) -> None:

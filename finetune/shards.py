@@ -11,7 +11,8 @@ Order is a function of (seed, epoch, number of loader workers) only: shards are 
 epoch and dealt round-robin to the workers, each worker shuffles its samples through a seeded
 buffer and batches them. Every batch says which worker made it, so the trainer can record how
 many samples of each worker it has consumed and a resumed run skips exactly those (before
-decoding them).
+decoding them). The number of processes of a data-parallel run is not part of it: each rank
+decodes its contiguous share of every global batch of this one order.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,7 +250,9 @@ class PairStream(torch.utils.data.IterableDataset):
     """Batches of {"images", "masks", "labels", "nouns", "keys", "worker", "samples"} for one epoch.
 
     `samples` counts the raw samples a batch used up (an undecodable one is skipped with a
-    warning but still counted, so that a resumed run skips past it too). `first_worker` rotates
+    warning but still counted, so that a resumed run skips past it too). Under data parallelism
+    every rank walks this same stream of global batches and decodes only its `share` of each;
+    `samples` still counts the whole global batch, so the data position is the same on every rank. `first_worker` rotates
     which logical worker the loader's worker 0 plays, so that a resumed epoch continues the
     round-robin where it stopped."""
 
@@ -265,6 +268,7 @@ class PairStream(torch.utils.data.IterableDataset):
     skip: dict[int, int] = field(default_factory=dict)  # logical worker -> samples already consumed
     first_worker: int = 0
     repeat: dict[str, float] = field(default_factory=dict)  # pair key -> repeat factor (Corpus.repeat)
+    share: Callable[[int], slice] = slice  # this rank's part of a global batch of `size` (World.share); all of it
 
     def __post_init__(self):
         super().__init__()
@@ -287,9 +291,10 @@ class PairStream(torch.utils.data.IterableDataset):
             samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
         samples = itertools.islice(samples, self.skip.get(worker, 0), None)
         for chunk in _chunks(samples, self.batch_size):
-            decoded = [d for d in map(self._decode_or_skip, chunk) if d is not None]
+            mine = chunk[self.share(len(chunk))]
+            decoded = [d for d in map(self._decode_or_skip, mine) if d is not None]
             yield {**self._collate(decoded), "worker": worker, "samples": len(chunk),
-                   "skipped": len(chunk) - len(decoded)}
+                   "skipped": len(mine) - len(decoded)}
 
     def _repeated(self, samples: Iterator[dict]) -> Iterator[dict]:
         """Each pair as many times as `repeats` says (before the shuffle: copies spread out)."""

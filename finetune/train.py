@@ -31,6 +31,7 @@ from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
 from dataengine.prompts import MaskPromptedViT, check_vit, masked_patches, prompt_depth, save_prompts
 
 from .config import LOSSES, PHASES, TrainConfig, TrainConfigError
+from .distributed import World, join
 from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in_epoch, loader
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Phase:
     Subclasses are registered in `finetune.config.PHASES` under the names `--mode` combines."""
 
     name = "phase"
+    skips_parameters = False  # whether a forward may leave some trainable parameter out
 
     def __init__(self, clip: ClipModel, tower: torch.nn.Module, parameters: list, lr: float, weight_decay: float,
                  exempt: set | None = None):
@@ -111,6 +113,9 @@ class Phase:
 
     def encode(self, images, masks):
         return self.tower(images)
+
+    def module(self) -> torch.nn.Module:
+        return StepModule(self)
 
     def unmasked_pairs(self, masks) -> int:
         """Pairs of the batch that give this phase nothing to learn from."""
@@ -176,6 +181,7 @@ class MaskPromptTuning(Phase):
     """`mpt`: learned prompts for masked-out patches on the frozen tower (OUT/prompts.pt)."""
 
     name = "mpt"
+    skips_parameters = True  # the prompts, in a batch whose regions mask no patch out
 
     @classmethod
     def check(cls, clip: ClipModel, config: TrainConfig) -> None:
@@ -223,6 +229,18 @@ class MaskPromptTuning(Phase):
         self.tower.remove_hooks()
 
 
+class StepModule(torch.nn.Module):
+    """A phase's forward: region features and the logit scale. One module, so that DDP sees every
+    trainable parameter of a step (the tower's or the prompts, and the logit scale)."""
+
+    def __init__(self, phase: Phase):
+        super().__init__()
+        self.tower, self.model, self.encode = phase.tower, phase.clip.model, phase.encode
+
+    def forward(self, images, masks):
+        return self.encode(images, masks), logit_scale(self.model)
+
+
 def parameter_groups(parameters, weight_decay: float, exempt: set) -> list[dict]:
     """AdamW groups: `weight_decay` for every parameter but those whose id is in `exempt`."""
     parameters = list(parameters)
@@ -254,11 +272,18 @@ def warmup_cosine(total: int, warmup: float):
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False):
-        self.config = config
+    """One process's part of a training run: the whole run, or one rank of a data-parallel one
+    (finetune.distributed). `reporter(metrics, folder)`, when given, is called on every rank after
+    each checkpoint, with the checkpoint folder on rank 0 and None on the others (Ray Train's report)."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False, reporter=None):
+        self.config, self.reporter = config, reporter
         self.out = Path(config.out)
         check_out(self.out)
         self.device = resolve_device(config.device)
+        self.world: World = join(self.device)
+        self.world.check(config.batch_size)
+        self.device = self.world.device(self.device)
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))  # pinned memory and autocast follow it
         self.corpus = Corpus.scan(config.shards, config.balance, config.balance_threshold)
@@ -271,7 +296,7 @@ class Trainer:
         for name in config.phases:
             PHASES.get(name).check(self.clip, config)
         self.state = self._load_or_start(resume)
-        self.text = self._text_embeddings()
+        self.text = self.world.broadcast(self._text_embeddings().contiguous())
         self.loss = LOSSES.get(config.loss)
 
     # ---- run state
@@ -299,7 +324,8 @@ class Trainer:
         changed = self.config.differences(saved_config)
         if changed:
             raise TrainConfigError(f"--resume: settings differ from the saved run's: {', '.join(changed)}")
-        self._truncate_log(saved["global_step"])
+        if self.world.main:
+            self._truncate_log(saved["global_step"])
         return saved
 
     def _truncate_log(self, step: int) -> None:
@@ -318,8 +344,9 @@ class Trainer:
                 return saved["embeddings"].to(self.device)
         log.info("encoding %d nouns x %d templates", len(self.corpus.vocabulary), 14)
         embeddings = NounEmbeddings(self.clip)(self.corpus.vocabulary).clone()  # a normal tensor, not an inference one
-        self.out.mkdir(parents=True, exist_ok=True)
-        _atomic_save({"key": key, "embeddings": embeddings}, cache)
+        if self.world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            _atomic_save({"key": key, "embeddings": embeddings}, cache)
         return embeddings.to(self.device)
 
     # ---- schedule
@@ -334,12 +361,21 @@ class Trainer:
         clip, config = self.clip, self.config
         return PairStream(self.corpus.shards, self.corpus.vocabulary, clip.image_size, clip.mean, clip.std,
                           config.batch_size, config.seed, epoch, config.shuffle_buffer, skip, first_worker,
-                          self.corpus.repeat)
+                          self.corpus.repeat, self.world.share)
 
     # ---- training
 
     def run(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            summary = self._run()
+            self.world.barrier()  # no rank ends before rank 0 has written the results
+            return summary
+        finally:
+            self.world.leave()
+
+    def _run(self) -> dict:
+        if self.world.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         summary = self._summary()
         for index, name in enumerate(self.config.phases):
             if index < self.state["phase"]:
@@ -367,6 +403,8 @@ class Trainer:
         return summary
 
     def _write_summary(self, summary: dict) -> None:
+        if not self.world.main:
+            return
         tmp = self.out / "train.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, self.out / "train.json")
@@ -388,8 +426,9 @@ class Trainer:
             self._restore(phase, optimizer, schedule)
         else:
             self.state.update({"phase": index, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0})
+        self.forward = self.world.wrap(phase.module(), self.device, phase.skips_parameters)
         bar = tqdm(total=sum(steps_per_epoch), initial=self.state["step"], desc=f"{name}", unit="step",
-                   disable=not config.progress, dynamic_ncols=True)
+                   disable=not (config.progress and self.world.main), dynamic_ncols=True)
         self.meter = Meter()
         while self.state["epoch"] < config.epochs:
             for loss in self._epoch(phase, optimizer, schedule):
@@ -403,7 +442,8 @@ class Trainer:
             self.state.update({"epoch": self.state["epoch"] + 1, "consumed": {}, "next_worker": 0})
         bar.close()
         self.state.update({"phase": index + 1, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0})
-        phase.save_results(self.out, self.config.clip)
+        if self.world.main:
+            phase.save_results(self.out, self.config.clip)
         self._checkpoint(phase, optimizer, schedule, finished=True)
         return self._phase_summary(phase, self.meter.last_loss, stopped=False)
 
@@ -421,15 +461,17 @@ class Trainer:
         for batch in loader(stream, config.workers, pin_memory=self.device.startswith("cuda")):
             consumed[batch["worker"]] = consumed.get(batch["worker"], 0) + batch["samples"]
             self.state["next_worker"] = (batch["worker"] + 1) % workers
-            self.meter.skipped += batch["skipped"]
-            if not batch["nouns"]:  # every pair of the batch was undecodable (each logged)
+            counts = self.world.counts(len(batch["nouns"]), phase.unmasked_pairs(batch["masks"]))
+            pairs = sum(rank[0] for rank in counts)
+            self.meter.skipped += batch["samples"] - pairs
+            if not pairs:  # every pair of the global batch was undecodable (each logged)
                 continue
-            decoded += len(batch["nouns"])
-            self.meter.whole_frame += phase.unmasked_pairs(batch["masks"])
-            loss = self._loss(phase, batch) / config.accumulate
+            decoded += pairs
+            self.meter.whole_frame += sum(rank[1] for rank in counts)
+            loss = self._loss(batch, [rank[0] for rank in counts]) / config.accumulate
             if loss.requires_grad:  # MPT: a batch in which no patch is masked out gives the prompts nothing
                 loss.backward()
-            pending, count = pending + 1, count + len(batch["nouns"])
+            pending, count = pending + 1, count + pairs
             losses.append(loss.item() * config.accumulate)
             if pending == config.accumulate:
                 self.meter.pairs += count
@@ -454,19 +496,21 @@ class Trainer:
         self.state["step"] += 1
         self.state["global_step"] += 1
         loss = self.meter.last_loss = sum(losses) / len(losses)
-        if self.state["global_step"] % self.config.log_every == 0:
+        if self.state["global_step"] % self.config.log_every == 0 and self.world.main:
             self._log(phase.name, loss, schedule.get_last_lr()[0])
         if self.state["global_step"] % self.config.checkpoint_every == 0:
             self._checkpoint(phase, optimizer, schedule)
         return loss
 
-    def _loss(self, phase: Phase, batch: dict) -> torch.Tensor:
+    def _loss(self, batch: dict, counts: list[int]) -> torch.Tensor:
+        """The loss of the global batch (this rank's pairs and, gathered, every other rank's)."""
         images = batch["images"].to(self.device, non_blocking=True)
         masks = batch["masks"].to(self.device, non_blocking=True)
         labels = batch["labels"].to(self.device)
         with self._autocast():
-            regions = F.normalize(phase.encode(images, masks).float(), dim=-1)
-        return self.loss(regions, labels, self.text, logit_scale(self.clip.model), self.config)
+            features, scale = self.forward(images, masks)
+        regions, labels = self.world.gather(F.normalize(features.float(), dim=-1), labels, counts)
+        return self.loss(regions, labels, self.text, scale, self.config)
 
     def _autocast(self):
         use_bf16 = self.config.precision == "bf16" or (self.config.precision == "auto" and self.device.startswith("cuda"))
@@ -491,9 +535,13 @@ class Trainer:
             "schedule": None if finished else schedule.state_dict(),
         })
         path = self.out / "checkpoints" / "last.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(self.state, path)
-        phase.on_checkpoint(self.out, self.config.clip)
+        if self.world.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(self.state, path)
+            phase.on_checkpoint(self.out, self.config.clip)
+        if self.reporter is not None:
+            self.reporter({"phase": phase.name, "step": self.state["global_step"], "loss": self.meter.last_loss},
+                          path.parent if self.world.main else None)
 
     def _log(self, phase: str, loss: float, lr: float) -> None:
         record = {"phase": phase, "epoch": self.state["epoch"], "step": self.state["global_step"],
@@ -566,5 +614,5 @@ def check_out(out: Path) -> None:
         raise TrainConfigError(f"--out: {parent} is not a folder")
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
-    return Trainer(config, resume).run()
+def train(config: TrainConfig, resume: bool = False, reporter=None) -> dict:
+    return Trainer(config, resume, reporter).run()

@@ -1,0 +1,129 @@
+"""Data-parallel training: the process group, the DDP wrapper and the global batch.
+
+One Trainer runs on every rank (under torchrun, or as a Ray Train worker). Every rank walks the
+same global data order (finetune.shards.PairStream: one order per seed, epoch and --workers) and
+decodes only its contiguous share of each global batch; the region features of every rank are
+gathered with their gradients, so that every rank computes the loss of the whole global batch.
+The all-gather's backward sums the gradients of all ranks (each rank holds the same loss, so each
+rank's features get world-size times their share) and DDP's average divides that back: the
+parameters get exactly the gradient of the global batch's loss, as one process with the whole
+batch would.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn
+
+from .config import TrainConfigError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the ranks of a run (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # the process group was started here (and is ended here)
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that writes files, logs and shows progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def device(self, device: str) -> str:
+        """A bare `cuda` means this rank's own GPU (torchrun's LOCAL_RANK)."""
+        return f"cuda:{self.local_rank}" if self.distributed and device == "cuda" else device
+
+    def check(self, batch_size: int) -> None:
+        check_global_batch(batch_size, self.size, "processes")
+
+    def share(self, size: int) -> slice:
+        """This rank's contiguous part of a global batch of `size` (an uneven one: the first ranks get one
+        fewer, possibly none)."""
+        return slice(size * self.rank // self.size, size * (self.rank + 1) // self.size)
+
+    def wrap(self, module: torch.nn.Module, device: str, unused_parameters: bool) -> torch.nn.Module:
+        """DDP over a phase's step module (it broadcasts rank 0's weights, frozen ones too, when it
+        wraps). `unused_parameters`: a forward may leave a trainable parameter out on one rank only."""
+        if not self.distributed:
+            return module
+        ids = [torch.device(device)] if device.startswith("cuda") else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused_parameters)
+
+    def counts(self, *local: int) -> list[list[int]]:
+        """Per rank, the numbers each rank passed (the same on every rank)."""
+        if not self.distributed:
+            return [list(local)]
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        return self._all_gather(torch.tensor([local], device=device)).tolist()
+
+    def gather(self, regions: torch.Tensor, labels: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The regions (with their gradients) and labels of the whole global batch, in rank order;
+        `counts`: the pairs of each rank. Ranks may hold different numbers of pairs (an uneven last
+        batch, undecodable pairs skipped): each pads its share to the largest, and the padding is
+        dropped after the gather."""
+        if not self.distributed:
+            return regions, labels
+        rows = max(counts)
+        if not regions.requires_grad:
+            # every rank must take part in the gather's backward, even one whose forward left the trainable
+            # parameters out (MPT with no patch masked out): its gradient then just stops here
+            regions = regions.detach().requires_grad_()
+        padded = torch.cat([regions, regions.new_zeros(rows - len(regions), regions.shape[1])])
+        with warnings.catch_warnings():  # deprecated in favour of a private API; open_clip's gather uses it too
+            warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather", FutureWarning)
+            gathered = torch.cat(torch.distributed.nn.all_gather(padded))
+        all_labels = self._all_gather(torch.cat([labels, labels.new_zeros(rows - len(labels))]))
+        keep = torch.cat([torch.arange(count, device=labels.device) + rank * rows for rank, count in enumerate(counts)])
+        return gathered[keep], all_labels[keep]
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's tensor on every rank (the same shape on each)."""
+        if self.distributed:
+            dist.broadcast(tensor, 0)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def leave(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(self.size)]
+        dist.all_gather(parts, tensor)
+        return torch.cat(parts)
+
+
+def check_global_batch(batch_size: int, processes: int, what: str) -> None:
+    if processes < 1:
+        raise TrainConfigError(f"{processes} {what}: there must be at least one")
+    if batch_size % processes:
+        raise TrainConfigError(f"--batch-size {batch_size} is the global batch: it must divide evenly over the "
+                               f"{processes} {what} (e.g. {max(1, batch_size // processes) * processes})")
+
+
+def join(device: str) -> World:
+    """The process group this process belongs to: one already started (Ray Train starts it), else one
+    started from torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT): NCCL for a
+    GPU, gloo on CPU. A plain process is rank 0 of 1."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), local_rank)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return World()
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)

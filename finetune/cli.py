@@ -41,7 +41,11 @@ TRAIN_HELP = {
                      "factor sampling)"),
     "balance_threshold": ("T", "share of the pairs under which a noun is repeated"),
     "shuffle_buffer": ("N", "samples in each loader worker's shuffle buffer"),
-    "workers": ("N", "data loader processes"),
+    "workers": ("N", "data loader processes (per data rank)"),
+    "data_ranks": ("N", "split the data into N data ranks, each reading its own shards into batches of "
+                        "--batch-size/N, concatenated in rank order; N must be a multiple of the number of "
+                        "processes, each reading N/processes of them: the same N gives the same run on any "
+                        "number of processes (default: one per process; --resume keeps the saved one)"),
     "seed": ("N", "seed of data order and prompt initialisation"),
     "device": ("DEVICE", "auto | cpu | cuda | cuda:N"),
     "precision": ("P", f"{' | '.join(PRECISIONS)}: auto is bf16 autocast on GPU, fp32 on CPU"),
@@ -50,7 +54,7 @@ TRAIN_HELP = {
     "max_steps": ("N", "stop after N optimizer steps in all, with a checkpoint; --resume continues (default: none)"),
     "progress": (None, "no progress bar"),
 }
-OPTIONAL_COUNTS = {"max_steps", "prompt_depth"}  # int settings whose default is None
+OPTIONAL_COUNTS = {"max_steps", "prompt_depth", "data_ranks"}  # int settings whose default is None
 NEGATED = {"mask_repeated_nouns": "--keep-repeated-nouns", "learn_logit_scale": "--freeze-logit-scale",
            "progress": "--no-progress"}
 
@@ -146,7 +150,8 @@ def add_finetune_parser(commands) -> None:
         epilog="Resume an interrupted run with the same command plus --resume. Evaluate with: dataengine bench "
                "--model NAME=OUT ... Data-parallel: torchrun --nproc-per-node N -m finetune ARGS (one process per "
                "GPU, or gloo on CPU), or --ray-workers N on a Ray cluster; --batch-size is then the global batch, "
-               "dealt evenly over the processes, and the run trains what one process with that batch would.")
+               "dealt evenly over the data ranks (--data-ranks), and the run trains what one process with that "
+               "batch and --data-ranks would.")
     defaults = TrainConfig()
     for item in fields(TrainConfig):
         metavar, help_text = TRAIN_HELP[item.name]
@@ -201,10 +206,11 @@ def run_on_ray(config: TrainConfig, args: argparse.Namespace) -> dict:
     import json
     from pathlib import Path
 
-    from .distributed import check_global_batch
+    from .distributed import check_data_ranks
     from .ray_train import fit
 
-    check_global_batch(config.batch_size, args.ray_workers, "Ray workers")  # before Ray starts anything
+    # before Ray starts anything (on --resume, the saved --data-ranks is checked by the workers)
+    check_data_ranks(config.batch_size, config.data_ranks or args.ray_workers, args.ray_workers, "Ray workers")
     result = fit(config, args.resume, args.ray_workers, args.ray_gpu, args.ray_storage, args.ray_max_failures)
     if result.error is not None:
         raise result.error

@@ -53,7 +53,9 @@ class TrainConfig:
     balance: str = "none"           # none | sqrt | inverse: repeat the pairs of rare nouns (repeat factor sampling)
     balance_threshold: float = 0.01  # a noun with a smaller share of the pairs than this is repeated
     shuffle_buffer: int = 2000
-    workers: int = 2                # data loader processes
+    workers: int = 2                # data loader processes (per data rank)
+    data_ranks: int | None = None   # None: one per process; the trainer resolves it before saving or
+    #                                 comparing it (a resumed run keeps its saved one)
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"         # auto = bf16 autocast on GPU, fp32 on CPU
@@ -76,7 +78,7 @@ class TrainConfig:
             raise TrainConfigError(f"--balance-threshold: a share of the pairs in (0, 1], got {self.balance_threshold}")
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("epochs", "batch_size", "accumulate", "prompt_depth", "checkpoint_every", "log_every"):
+        for name in ("epochs", "batch_size", "accumulate", "prompt_depth", "data_ranks", "checkpoint_every", "log_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(self, name)}")
         for name in ("mpt_lr", "ft_lr", "prompt_init_std"):

@@ -1,8 +1,10 @@
 """Data-parallel training: the process group, the DDP wrapper and the global batch.
 
-One Trainer runs on every rank (under torchrun, or as a Ray Train worker). Every rank walks the
-same global data order (finetune.shards.PairStream: one order per seed, epoch and --workers) and
-decodes only its contiguous share of each global batch; the region features of every rank are
+One Trainer runs on every rank (under torchrun, or as a Ray Train worker). The data is split into
+`--data-ranks` R data ranks (default: one per process), each reading its own shards
+(finetune.shards.PairStream) into local batches of B/R pairs; each process hosts R/P consecutive
+data ranks, so one process with --data-ranks R reads the very batches R processes read. Global
+batch t is every data rank's local batch t, in rank order. The region features of every rank are
 gathered with their gradients, so that every rank computes the loss of the whole global batch.
 The all-gather's backward sums the gradients of all ranks (each rank holds the same loss, so each
 rank's features get world-size times their share) and DDP's average divides that back: the
@@ -45,13 +47,10 @@ class World:
         """A bare `cuda` means this rank's own GPU (torchrun's LOCAL_RANK)."""
         return f"cuda:{self.local_rank}" if self.distributed and device == "cuda" else device
 
-    def check(self, batch_size: int) -> None:
-        check_global_batch(batch_size, self.size, "processes")
-
-    def share(self, size: int) -> slice:
-        """This rank's contiguous part of a global batch of `size` (an uneven one: the first ranks get one
-        fewer, possibly none)."""
-        return slice(size * self.rank // self.size, size * (self.rank + 1) // self.size)
+    def hosted(self, data_ranks: int) -> range:
+        """The data ranks this process reads: R/P consecutive ones."""
+        per_process = data_ranks // self.size
+        return range(self.rank * per_process, (self.rank + 1) * per_process)
 
     def wrap(self, module: torch.nn.Module, device: str, unused_parameters: bool) -> torch.nn.Module:
         """DDP over a phase's step module (it broadcasts rank 0's weights, frozen ones too, when it
@@ -108,12 +107,17 @@ class World:
         return torch.cat(parts)
 
 
-def check_global_batch(batch_size: int, processes: int, what: str) -> None:
+def check_data_ranks(batch_size: int, data_ranks: int, processes: int, what: str) -> None:
+    """Every process hosts the same number of data ranks, and every data rank the same local batch."""
     if processes < 1:
         raise TrainConfigError(f"{processes} {what}: there must be at least one")
-    if batch_size % processes:
+    if data_ranks % processes:
+        raise TrainConfigError(f"--data-ranks {data_ranks} must be a multiple of the {processes} {what} "
+                               "(each reads the same number of data ranks)")
+    if batch_size % data_ranks:
         raise TrainConfigError(f"--batch-size {batch_size} is the global batch: it must divide evenly over the "
-                               f"{processes} {what} (e.g. {max(1, batch_size // processes) * processes})")
+                               f"{data_ranks} data ranks (--data-ranks; default: one per process) "
+                               f"(e.g. {max(1, batch_size // data_ranks) * data_ranks})")
 
 
 def join(device: str) -> World:

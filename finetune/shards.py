@@ -7,12 +7,14 @@ are outside the region). Members are grouped into samples by webdataset's own ke
 lost a member to a damaged tar (its image, its txt, or its mask.png in a shard whose other pairs
 have one) is skipped and counted, never trained on with a guessed noun or mask.
 
-Order is a function of (seed, epoch, number of loader workers) only: shards are shuffled per
-epoch and dealt round-robin to the workers, each worker shuffles its samples through a seeded
-buffer and batches them. Every batch says which worker made it, so the trainer can record how
-many samples of each worker it has consumed and a resumed run skips exactly those (before
-decoding them). The number of processes of a data-parallel run is not part of it: each rank
-decodes its contiguous share of every global batch of this one order.
+Order is a function of (seed, epoch, data ranks, loader workers) only. Per epoch the shards are
+shuffled and dealt to the data ranks (each shard, in the shuffled order, to the rank with the fewest
+pairs so far: round-robin when the shards are equal), and each rank's shards round-robin to its
+loader workers; each worker shuffles its samples through a seeded buffer and batches them. So a
+data rank reads its own shards only (webdataset's split by node, then by worker, made
+deterministic). Every batch says which worker made it, so the trainer can record how many samples
+of each rank's workers it has consumed and a resumed run skips exactly those (before decoding
+them). With one data rank this is the order of a single process.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import sys
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,27 +234,36 @@ class Corpus:
                 for count, keys in zip(self.counts, self.shard_keys, strict=True)]
 
 
-def deal_shards(shards: list, seed: int, epoch: int, workers: int) -> list[list]:
-    """The epoch's shard order (seeded), dealt round-robin to the loader workers."""
-    order, workers = list(shards), max(1, workers)
+def deal_shards(shards: list, seed: int, epoch: int, workers: int, ranks: int = 1,
+                counts: list[int] | None = None) -> list[list[list]]:
+    """The epoch's shards per data rank, per loader worker. The shards are shuffled (seeded), then
+    each goes to the rank with the fewest pairs so far (`counts`, per shard; ties: the fewest shards,
+    then the lowest rank), and each rank's shards round-robin to its workers."""
+    order, workers = list(range(len(shards))), max(1, workers)
     random.Random(f"{seed}-{epoch}").shuffle(order)  # the permutation depends only on the length
-    return [order[worker::workers] for worker in range(workers)]
+    dealt: list[list[int]] = [[] for _ in range(ranks)]
+    pairs = [0] * ranks
+    for index in order:
+        rank = min(range(ranks), key=lambda r: (pairs[r], len(dealt[r]), r))
+        dealt[rank].append(index)
+        pairs[rank] += counts[index] if counts is not None else 1
+    return [[[shards[i] for i in mine[worker::workers]] for worker in range(workers)] for mine in dealt]
 
 
-def batches_in_epoch(counts: list[int], seed: int, epoch: int, workers: int, batch_size: int) -> int:
-    """How many batches PairStream yields in an epoch, given the pairs per shard."""
-    dealt = deal_shards(list(range(len(counts))), seed, epoch, workers)
-    return sum(math.ceil(sum(counts[i] for i in shards) / batch_size) for shards in dealt)
+def batches_in_epoch(counts: list[int], seed: int, epoch: int, workers: int, batch_size: int, ranks: int = 1) -> int:
+    """How many global batches an epoch has, given the pairs per shard: as many as the data rank
+    with the most local batches (of `batch_size` pairs) yields."""
+    dealt = deal_shards(list(range(len(counts))), seed, epoch, workers, ranks, counts)
+    return max(sum(math.ceil(sum(counts[i] for i in shards) / batch_size) for shards in rank) for rank in dealt)
 
 
 @dataclass
 class PairStream(torch.utils.data.IterableDataset):
-    """Batches of {"images", "masks", "labels", "nouns", "keys", "worker", "samples"} for one epoch.
+    """One data rank's batches of {"images", "masks", "labels", "nouns", "keys", "worker", "samples"}
+    for one epoch, read from its own shards only (`deal_shards`).
 
     `samples` counts the raw samples a batch used up (an undecodable one is skipped with a
-    warning but still counted, so that a resumed run skips past it too). Under data parallelism
-    every rank walks this same stream of global batches and decodes only its `share` of each;
-    `samples` still counts the whole global batch, so the data position is the same on every rank. `first_worker` rotates
+    warning but still counted, so that a resumed run skips past it too). `first_worker` rotates
     which logical worker the loader's worker 0 plays, so that a resumed epoch continues the
     round-robin where it stopped."""
 
@@ -261,14 +272,16 @@ class PairStream(torch.utils.data.IterableDataset):
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    batch_size: int
+    batch_size: int  # this data rank's local batch
     seed: int = 0
     epoch: int = 0
     shuffle_buffer: int = 2000
     skip: dict[int, int] = field(default_factory=dict)  # logical worker -> samples already consumed
     first_worker: int = 0
     repeat: dict[str, float] = field(default_factory=dict)  # pair key -> repeat factor (Corpus.repeat)
-    share: Callable[[int], slice] = slice  # this rank's part of a global batch of `size` (World.share); all of it
+    rank: int = 0  # this stream's data rank, of `ranks`
+    ranks: int = 1
+    counts: list[int] | None = None  # pairs per shard this epoch (Corpus.epoch_counts), to balance the ranks
 
     def __post_init__(self):
         super().__init__()
@@ -279,22 +292,25 @@ class PairStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         worker = (worker + self.first_worker) % workers
-        mine = deal_shards(self.shards, self.seed, self.epoch, workers)[worker]
-        if not mine:
+        mine = deal_shards(self.shards, self.seed, self.epoch, workers, self.ranks, self.counts)[self.rank][worker]
+        if not mine:  # fewer shards than data ranks x workers: this worker has none this epoch
             return
         # every pair, whole or damaged, as Corpus counts them; a damaged one is skipped and counted
-        samples = (s for url in mine for s in read_shard(url) if is_pair(s))
+        samples = (s for url in mine for s in self._read(url) if is_pair(s))
         if self.repeat:
             samples = self._repeated(samples)
         if self.shuffle_buffer > 1:
-            rng = random.Random(f"{self.seed}-{self.epoch}-{worker}")
+            # stream s = worker x ranks + rank: with one data rank, stream s is loader worker s
+            rng = random.Random(f"{self.seed}-{self.epoch}-{worker * self.ranks + self.rank}")
             samples = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(samples)
         samples = itertools.islice(samples, self.skip.get(worker, 0), None)
         for chunk in _chunks(samples, self.batch_size):
-            mine = chunk[self.share(len(chunk))]
-            decoded = [d for d in map(self._decode_or_skip, mine) if d is not None]
+            decoded = [d for d in map(self._decode_or_skip, chunk) if d is not None]
             yield {**self._collate(decoded), "worker": worker, "samples": len(chunk),
-                   "skipped": len(mine) - len(decoded)}
+                   "skipped": len(chunk) - len(decoded)}
+
+    def _read(self, url: str) -> Iterator[dict]:
+        return read_shard(url)
 
     def _repeated(self, samples: Iterator[dict]) -> Iterator[dict]:
         """Each pair as many times as `repeats` says (before the shuffle: copies spread out)."""

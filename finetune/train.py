@@ -21,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from dataengine.clip import ClipModel, NounEmbeddings, load_clip, resolve_device
 from dataengine.prompts import MaskPromptedViT, check_vit, masked_patches, prompt_depth, save_prompts
 
 from .config import LOSSES, PHASES, TrainConfig, TrainConfigError
-from .distributed import World, join
+from .distributed import World, check_data_ranks, join
 from .shards import IMAGE_EXTENSIONS, Corpus, PairStream, ShardError, batches_in_epoch, loader
 
 log = logging.getLogger(__name__)
@@ -282,12 +283,17 @@ class Trainer:
         check_out(self.out)
         self.device = resolve_device(config.device)
         self.world: World = join(self.device)
-        self.world.check(config.batch_size)
+        self._check_resume(resume)
+        self.config = config = replace(config, data_ranks=self._data_ranks(resume))
+        check_data_ranks(config.batch_size, config.data_ranks, self.world.size, "processes")
         self.device = self.world.device(self.device)
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))  # pinned memory and autocast follow it
         self.corpus = Corpus.scan(config.shards, config.balance, config.balance_threshold)
-        self._check_resume(resume)
+        if len(self.corpus.shards) < config.data_ranks:
+            raise ShardError(f"--shards: {len(self.corpus.shards)} shard(s) for {config.data_ranks} data ranks: each "
+                             "data rank reads shards of its own, so it needs at least one (write more, smaller "
+                             "shards, or use fewer --data-ranks)")
         self.clip = load_clip(config.clip, self.device, seed=config.seed)
         # the default depth is resolved against the tower before the settings are saved or compared,
         # so that train.json says the depth used and a run with the default resumes whatever was saved
@@ -310,10 +316,20 @@ class Trainer:
         if resume and not checkpoint.exists():
             raise TrainConfigError(f"--resume: no checkpoint at {checkpoint}")
 
+    def _data_ranks(self, resume: bool) -> int:
+        """--data-ranks, or by default: the saved run's on --resume, else one per process."""
+        if self.config.data_ranks is not None:
+            return self.config.data_ranks
+        if not resume:
+            return self.world.size
+        saved = load_tensors(self.out / "checkpoints" / "last.pt", "--resume", mmap=True)
+        saved_config = saved.get("config") if isinstance(saved, dict) else None
+        return _saved_data_ranks(saved_config) if isinstance(saved_config, dict) else self.world.size
+
     def _load_or_start(self, resume: bool) -> dict:
         checkpoint = self.out / "checkpoints" / "last.pt"
         if not resume:
-            return {"phase": 0, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0, "global_step": 0}
+            return {"phase": 0, "epoch": 0, "step": 0, "global_step": 0, **FRESH_POSITION}
         saved = load_tensors(checkpoint, "--resume")
         if (not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT
                 or not isinstance(saved.get("config"), dict) or not CHECKPOINT_KEYS <= set(saved)):
@@ -321,11 +337,15 @@ class Trainer:
         saved_config = dict(saved["config"])
         if saved_config.get("prompt_depth") is None:  # saved unresolved (the default, before it was resolved)
             saved_config["prompt_depth"] = self.default_depth
+        saved_config["data_ranks"] = _saved_data_ranks(saved_config)
         changed = self.config.differences(saved_config)
         if changed:
             raise TrainConfigError(f"--resume: settings differ from the saved run's: {', '.join(changed)}")
         if self.world.main:
             self._truncate_log(saved["global_step"])
+        if not isinstance(saved.get("next_worker", 0), dict):  # saved before data ranks: one data rank's position
+            saved.update(consumed={0: saved["consumed"]} if saved["consumed"] else {},
+                         next_worker={0: saved.get("next_worker", 0)})
         return saved
 
     def _truncate_log(self, step: int) -> None:
@@ -354,14 +374,22 @@ class Trainer:
     def steps_in_phase(self) -> list[int]:
         config = self.config
         return [math.ceil(batches_in_epoch(self.corpus.epoch_counts(config.seed, epoch), config.seed, epoch, config.workers,
-                                           config.batch_size)
+                                           config.batch_size // config.data_ranks, config.data_ranks)
                           / config.accumulate) for epoch in range(config.epochs)]
 
-    def _stream(self, epoch: int, skip: dict, first_worker: int) -> PairStream:
+    def _feeds(self, epoch: int, position: Position) -> list:
+        """The batch iterators of this process's data ranks, from `position` on."""
+        pin_memory = self.device.startswith("cuda")
+        return [iter(loader(self._stream(epoch, rank, position.consumed.get(rank, {}), position.next_worker.get(rank, 0)),
+                            self.config.workers, pin_memory))
+                for rank in self.world.hosted(self.config.data_ranks)]
+
+    def _stream(self, epoch: int, rank: int, skip: dict, first_worker: int) -> PairStream:
         clip, config = self.clip, self.config
         return PairStream(self.corpus.shards, self.corpus.vocabulary, clip.image_size, clip.mean, clip.std,
-                          config.batch_size, config.seed, epoch, config.shuffle_buffer, skip, first_worker,
-                          self.corpus.repeat, self.world.share)
+                          config.batch_size // config.data_ranks, config.seed, epoch, config.shuffle_buffer, skip,
+                          first_worker, self.corpus.repeat, rank, config.data_ranks,
+                          self.corpus.epoch_counts(config.seed, epoch))
 
     # ---- training
 
@@ -425,7 +453,7 @@ class Trainer:
         if resuming:
             self._restore(phase, optimizer, schedule)
         else:
-            self.state.update({"phase": index, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0})
+            self.state.update({"phase": index, "epoch": 0, "step": 0, **FRESH_POSITION})
         self.forward = self.world.wrap(phase.module(), self.device, phase.skips_parameters)
         bar = tqdm(total=sum(steps_per_epoch), initial=self.state["step"], desc=f"{name}", unit="step",
                    disable=not (config.progress and self.world.main), dynamic_ncols=True)
@@ -439,9 +467,9 @@ class Trainer:
                     self._checkpoint(phase, optimizer, schedule)
                     bar.close()
                     return self._phase_summary(phase, loss, stopped=True)
-            self.state.update({"epoch": self.state["epoch"] + 1, "consumed": {}, "next_worker": 0})
+            self.state.update({"epoch": self.state["epoch"] + 1, **FRESH_POSITION})
         bar.close()
-        self.state.update({"phase": index + 1, "epoch": 0, "step": 0, "consumed": {}, "next_worker": 0})
+        self.state.update({"phase": index + 1, "epoch": 0, "step": 0, **FRESH_POSITION})
         if self.world.main:
             phase.save_results(self.out, self.config.clip)
         self._checkpoint(phase, optimizer, schedule, finished=True)
@@ -451,48 +479,74 @@ class Trainer:
         return self.config.max_steps is not None and self.state["global_step"] >= self.config.max_steps
 
     def _epoch(self, phase: Phase, optimizer, schedule):
-        """Yields the loss of each optimizer step; checkpoints every `checkpoint_every` steps."""
+        """Yields the loss of each optimizer step; checkpoints every `checkpoint_every` steps. Each step
+        takes the next local batch of every data rank; a rank whose shards have run out takes part
+        with none until every rank's have (nothing is dropped), so every process runs the same steps."""
         config = self.config
-        consumed = {int(k): v for k, v in self.state["consumed"].items()}
-        fresh, decoded = not consumed, 0
-        stream = self._stream(self.state["epoch"], consumed, self.state.get("next_worker", 0))
-        workers = max(1, config.workers)
+        position = Position.of(self.state, config.workers)
+        fresh, decoded = not position.consumed, 0
+        feeds = self._feeds(self.state["epoch"], position)
         pending, losses, count = 0, [], 0
-        for batch in loader(stream, config.workers, pin_memory=self.device.startswith("cuda")):
-            consumed[batch["worker"]] = consumed.get(batch["worker"], 0) + batch["samples"]
-            self.state["next_worker"] = (batch["worker"] + 1) % workers
-            counts = self.world.counts(len(batch["nouns"]), phase.unmasked_pairs(batch["masks"]))
-            pairs = sum(rank[0] for rank in counts)
-            self.meter.skipped += batch["samples"] - pairs
+        while True:
+            batches = [batch for batch in (next(feed, None) for feed in feeds) if batch is not None]
+            processes = self._exchange(batches, len(feeds), phase)
+            parts = [part for process in processes for part in process]  # every data rank's, in rank order
+            if not any(part.alive for part in parts):
+                break
+            for rank, part in enumerate(parts):
+                if part.alive:
+                    position.advance(rank, part.worker, part.samples)
+            counts = [sum(part.pairs for part in process) for process in processes]
+            pairs = sum(counts)
+            self.meter.skipped += sum(part.samples for part in parts) - pairs
             if not pairs:  # every pair of the global batch was undecodable (each logged)
                 continue
             decoded += pairs
-            self.meter.whole_frame += sum(rank[1] for rank in counts)
-            loss = self._loss(batch, [rank[0] for rank in counts]) / config.accumulate
+            self.meter.whole_frame += sum(part.unmasked for part in parts)
+            loss = self._loss(self._join(batches), counts) / config.accumulate
             if loss.requires_grad:  # MPT: a batch in which no patch is masked out gives the prompts nothing
                 loss.backward()
             pending, count = pending + 1, count + pairs
             losses.append(loss.item() * config.accumulate)
             if pending == config.accumulate:
                 self.meter.pairs += count
-                yield self._step(phase, optimizer, schedule, consumed, losses)
+                yield self._step(phase, optimizer, schedule, position, losses)
                 pending, losses, count = 0, [], 0
         if pending:
             _rescale_gradients(phase.parameters, config.accumulate / pending)  # a short last group
             self.meter.pairs += count
-            yield self._step(phase, optimizer, schedule, consumed, losses)
+            yield self._step(phase, optimizer, schedule, position, losses)
         if fresh and not decoded:
             raise ShardError(f"epoch {self.state['epoch']} gave no pairs: the shards hold no image "
                              f"({'/'.join(IMAGE_EXTENSIONS)}) + txt samples")
 
-    def _step(self, phase: Phase, optimizer, schedule, consumed: dict, losses: list) -> float:
+    def _exchange(self, batches: list[dict], hosted: int, phase: Phase) -> list[list[Part]]:
+        """Per process, the part of this step of each data rank it reads (the same on every rank);
+        `batches`: the local batches of this process's data ranks that still have one."""
+        mine = [Part.of(batch, phase) for batch in batches] + [Part()] * (hosted - len(batches))
+        table = self.world.counts(*(number for part in mine for number in part))
+        return [[Part(*row[i:i + len(Part._fields)]) for i in range(0, len(row), len(Part._fields))] for row in table]
+
+    def _join(self, batches: list[dict]) -> dict:
+        """This process's share of a global batch: its data ranks' local batches, in rank order. An
+        empty share is one blank image with no label: open_clip's towers cannot take an empty batch,
+        and every process must run the forward and backward (DDP's collectives); `_loss` drops it. Its
+        mask is empty, so that MPT's prompts take part in its forward (DDP reduces no gradient on a rank
+        whose forward leaves every trainable parameter out); its gradient is zero."""
+        if not sum(len(batch["labels"]) for batch in batches):
+            size = self.clip.image_size
+            return {"images": torch.zeros(1, 3, size, size), "masks": torch.zeros(1, size, size, dtype=torch.bool),
+                    "labels": torch.zeros(0, dtype=torch.long)}
+        return {name: torch.cat([batch[name] for batch in batches]) for name in ("images", "masks", "labels")}
+
+    def _step(self, phase: Phase, optimizer, schedule, position: Position, losses: list) -> float:
         if self.config.grad_clip:
             torch.nn.utils.clip_grad_norm_(phase.parameters, self.config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         phase.after_step()
-        self.state["consumed"] = dict(consumed)
+        position.save(self.state)
         self.state["step"] += 1
         self.state["global_step"] += 1
         loss = self.meter.last_loss = sum(losses) / len(losses)
@@ -509,6 +563,7 @@ class Trainer:
         labels = batch["labels"].to(self.device)
         with self._autocast():
             features, scale = self.forward(images, masks)
+        features = features[:len(labels)]  # without the blank image of an empty share (`_join`)
         regions, labels = self.world.gather(F.normalize(features.float(), dim=-1), labels, counts)
         return self.loss(regions, labels, self.text, scale, self.config)
 
@@ -558,6 +613,48 @@ class Trainer:
         return phase.summarise(summary, meter)
 
 
+FRESH_POSITION = {"consumed": {}, "next_worker": {}}
+
+
+class Part(NamedTuple):
+    """One data rank's local batch of a step, in numbers every process exchanges."""
+
+    alive: int = 0  # whether the rank's shards still gave a batch
+    worker: int = 0  # the logical loader worker that made it
+    samples: int = 0  # raw samples it used up
+    pairs: int = 0  # pairs decoded
+    unmasked: int = 0  # MPT: pairs with no patch masked out
+
+    @classmethod
+    def of(cls, batch: dict, phase: Phase) -> Part:
+        return cls(1, batch["worker"], batch["samples"], len(batch["nouns"]), phase.unmasked_pairs(batch["masks"]))
+
+
+@dataclass
+class Position:
+    """How far an epoch has gone: per data rank, the raw samples each of its logical loader workers
+    gave, and the worker whose batch comes next (every process keeps every data rank's: rank 0
+    saves them all)."""
+
+    consumed: dict[int, dict[int, int]]
+    next_worker: dict[int, int]
+    workers: int
+
+    @classmethod
+    def of(cls, state: dict, workers: int) -> Position:
+        consumed = {int(rank): {int(w): n for w, n in done.items()} for rank, done in state["consumed"].items()}
+        return cls(consumed, {int(rank): w for rank, w in state["next_worker"].items()}, max(1, workers))
+
+    def advance(self, rank: int, worker: int, samples: int) -> None:
+        done = self.consumed.setdefault(rank, {})
+        done[worker] = done.get(worker, 0) + samples
+        self.next_worker[rank] = (worker + 1) % self.workers
+
+    def save(self, state: dict) -> None:
+        state["consumed"] = {rank: dict(done) for rank, done in self.consumed.items()}
+        state["next_worker"] = dict(self.next_worker)
+
+
 @dataclass
 class Meter:
     """Pairs and wall time of the current phase in this process."""
@@ -581,6 +678,11 @@ def _rescale_gradients(parameters, factor: float) -> None:
     for parameter in parameters:
         if parameter.grad is not None:
             parameter.grad.mul_(factor)
+
+
+def _saved_data_ranks(saved_config: dict) -> int:
+    """A run saved before --data-ranks walked one order: one data rank's."""
+    return saved_config.get("data_ranks") or 1
 
 
 def _logged_step(line: str) -> float:

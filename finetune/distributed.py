@@ -69,9 +69,9 @@ class World:
 
     def gather(self, regions: torch.Tensor, labels: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The regions (with their gradients) and labels of the whole global batch, in rank order;
-        `counts`: the pairs of each rank. Ranks may hold different numbers of pairs (an uneven last
-        batch, undecodable pairs skipped): each pads its share to the largest, and the padding is
-        dropped after the gather."""
+        `counts`: the pairs of each rank. Ranks may hold different numbers of pairs (short last local
+        batches, a data rank whose shards ran out, undecodable pairs skipped): each pads its share to
+        the largest, and the padding is dropped after the gather."""
         if not self.distributed:
             return regions, labels
         rows = max(counts)

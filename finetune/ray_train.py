@@ -2,10 +2,11 @@
 
 A `ray.train.torch.TorchTrainer` starts the workers and their process group (gloo on CPU, NCCL
 with --ray-gpu); each worker runs `finetune.train.train`, the one train loop, as one rank of a
-data-parallel run (finetune.distributed). --shards and --out must be on storage every worker
-reads (and OUT writable by rank 0's node). Every checkpoint the trainer writes in OUT/checkpoints
-is also reported to Ray (`ray.train.report`), so that a worker group Ray restarts after a failure
-resumes from it.
+data-parallel run (finetune.distributed), reading its own data ranks' shards (one data rank per
+worker unless --data-ranks says otherwise), so that the run equals torchrun's with as many
+processes. --shards and --out must be on storage every worker reads (and OUT writable by rank 0's
+node). Every checkpoint the trainer writes in OUT/checkpoints is also reported to Ray
+(`ray.train.report`), so that a worker group Ray restarts after a failure resumes from it.
 """
 
 from __future__ import annotations

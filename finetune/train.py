@@ -329,7 +329,7 @@ class Trainer:
     def _load_or_start(self, resume: bool) -> dict:
         checkpoint = self.out / "checkpoints" / "last.pt"
         if not resume:
-            return {"phase": 0, "epoch": 0, "step": 0, "global_step": 0, **FRESH_POSITION}
+            return {"phase": 0, "epoch": 0, "step": 0, "global_step": 0, **fresh_position()}
         saved = load_tensors(checkpoint, "--resume")
         if (not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT
                 or not isinstance(saved.get("config"), dict) or not CHECKPOINT_KEYS <= set(saved)):
@@ -453,7 +453,7 @@ class Trainer:
         if resuming:
             self._restore(phase, optimizer, schedule)
         else:
-            self.state.update({"phase": index, "epoch": 0, "step": 0, **FRESH_POSITION})
+            self.state.update({"phase": index, "epoch": 0, "step": 0, **fresh_position()})
         self.forward = self.world.wrap(phase.module(), self.device, phase.skips_parameters)
         bar = tqdm(total=sum(steps_per_epoch), initial=self.state["step"], desc=f"{name}", unit="step",
                    disable=not (config.progress and self.world.main), dynamic_ncols=True)
@@ -467,9 +467,9 @@ class Trainer:
                     self._checkpoint(phase, optimizer, schedule)
                     bar.close()
                     return self._phase_summary(phase, loss, stopped=True)
-            self.state.update({"epoch": self.state["epoch"] + 1, **FRESH_POSITION})
+            self.state.update({"epoch": self.state["epoch"] + 1, **fresh_position()})
         bar.close()
-        self.state.update({"phase": index + 1, "epoch": 0, "step": 0, **FRESH_POSITION})
+        self.state.update({"phase": index + 1, "epoch": 0, "step": 0, **fresh_position()})
         if self.world.main:
             phase.save_results(self.out, self.config.clip)
         self._checkpoint(phase, optimizer, schedule, finished=True)
@@ -613,7 +613,9 @@ class Trainer:
         return phase.summarise(summary, meter)
 
 
-FRESH_POSITION = {"consumed": {}, "next_worker": {}}
+def fresh_position() -> dict:
+    """The data position of an epoch not started (Position's state)."""
+    return {"consumed": {}, "next_worker": {}}
 
 
 class Part(NamedTuple):

@@ -143,6 +143,21 @@ def test_resume_with_loader_workers_continues_the_same_run(shards, tmp_path):
     assert _losses(parts) == pytest.approx(_losses(whole), abs=1e-6)
 
 
+def test_a_checkpoint_from_before_data_ranks_resumes_as_one_data_rank(shards, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    overrides = dict(mode="mpt", workers=2, batch_size=5, checkpoint_every=3)
+    train(tiny(shards, whole, **overrides))
+    train(tiny(shards, parts, max_steps=3, **overrides))
+    checkpoint = parts / "checkpoints" / "last.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["config"]["data_ranks"] == 1 and set(saved["consumed"]) == {0}
+    del saved["config"]["data_ranks"]  # as written before --data-ranks: one order, one worker position
+    saved.update(consumed=saved["consumed"][0], next_worker=saved["next_worker"][0])
+    torch.save(saved, checkpoint)
+    train(tiny(shards, parts, **overrides), resume=True)
+    assert _losses(parts) == pytest.approx(_losses(whole), abs=1e-6)
+
+
 def test_bad_pairs_are_skipped_with_a_warning_and_empty_shard_sets_refused(tmp_path, caplog):
     import webdataset as wds
 

@@ -380,9 +380,9 @@ class Trainer:
     def _feeds(self, epoch: int, position: Position) -> list:
         """The batch iterators of this process's data ranks, from `position` on."""
         pin_memory = self.device.startswith("cuda")
-        return [iter(loader(self._stream(epoch, rank, position.consumed.get(rank, {}), position.next_worker.get(rank, 0)),
-                            self.config.workers, pin_memory))
-                for rank in self.world.hosted(self.config.data_ranks)]
+        streams = [self._stream(epoch, rank, position.consumed.get(rank, {}), position.next_worker.get(rank, 0))
+                   for rank in self.world.hosted(self.config.data_ranks)]
+        return [iter(loader(stream, self.config.workers, pin_memory)) for stream in streams]
 
     def _stream(self, epoch: int, rank: int, skip: dict, first_worker: int) -> PairStream:
         clip, config = self.clip, self.config

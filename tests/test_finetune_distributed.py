@@ -7,8 +7,10 @@ The data order that makes runs comparable is a function of (seed, epoch, --data-
 per epoch the shards are shuffled and dealt to the 2 data ranks, each rank's to its 2 loader
 workers; global batch t is data rank 0's local batch t (of --batch-size / 2 pairs) then data rank
 1's. One process with --data-ranks 2 reads both ranks' shards into the same local batches, so it
-sees the very global batches two processes see. Tolerances, float32 on CPU: losses within 1e-5 and MPT's prompts within 1e-5 (the sums of the batch are split
-differently between two processes, so they differ in the last bits). In full finetune the
+sees the very global batches two processes see. Tolerances, float32 on CPU: losses within 1e-5
+and MPT's prompts within 1e-5 (the sums of the batch are split differently between two processes,
+so they differ in the last bits); a 2-process run and its kill -9 + --resume on 2 processes, and
+Ray Train's 2 workers against torchrun's 2 processes, agree bit for bit. In full finetune the
 towers' features agree within 1e-5, and so do all but a handful of weights: those whose gradient
 is zero in exact arithmetic (the attention's key bias, which softmax ignores) or nearly so,
 which AdamW's normalisation turns from rounding noise into steps of up to the learning rate.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from dataengine.cli import help_with_default
 from dataengine.config import ENCODERS, ConfigError, from_dict
@@ -82,6 +82,10 @@ def add_demo_parser(commands) -> None:
     demo.add_argument("--seed", type=int, default=1, metavar="S",
                       help="seed of the world's scenes (default: 1; choose one the committed CLIP was not trained on: "
                            "the demo warns otherwise)")
+    demo.add_argument("--filter", action="append", dest="filters", metavar="NAME",
+                      help="a filtered corpus to mine and train on besides the unfiltered one, by its name in "
+                           "finetune.world.loop's FILTERS (match stage) or POSTPASSES (dataengine filter), e.g. "
+                           "--filter 'mutual_best + min_noun_margin 0.17' (repeatable; default: mutual_best)")
     demo.add_argument("--photos", action="store_true",
                       help="instead: mine scikit-image's bundled photos with the tiny seeded CLIP (the machinery only)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -106,6 +110,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from .world.loop import format_report, full_config, run_loop, small_config
 
     config = (full_config if args.full else small_config)(args.out, progress=not args.no_progress, seed=args.seed)
+    if args.filters:
+        config = replace(config, filters=tuple(args.filters))
     report = run_loop(config)
     print("\n" + format_report(report))
     print(f"\n-> {args.out}/world_report.json; mined pairs in {args.out}/corpus-*/ (dataengine inspect ...)")

@@ -360,3 +360,12 @@ def test_the_pretraining_world_can_show_stuff_alone_and_name_stuff_in_alt_text()
         assert any(text[:start].endswith(article) for article in STUFF_ARTICLES)
         assert [inst.noun for inst in scene.instances if inst.id in ids] == [noun]
     assert 20 < alone < 60
+
+
+def test_the_demo_takes_filters_by_name_and_refuses_unknown_ones(tmp_path, capsys):
+    from dataengine.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "d"), "--filter", "no such filter", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown filter 'no such filter'" in error and "mutual_best + min_noun_margin 0.17" in error
+    assert not (tmp_path / "d").exists()  # refused before anything was written

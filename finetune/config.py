@@ -15,6 +15,7 @@ PROTOCOLS = ("gt-masks", "two-stage", "two-stage-binary")
 ENSEMBLE_FORMS = ("renormalized", "released")  # finetune.benchmark: how the ensemble normalizes
 # Settings that may change between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = {"max_steps", "log_every", "checkpoint_every", "device", "progress"}
+RESOLVED_WHEN_SAVED = {"prompt_depth", "data_ranks"}  # None: the trainer fills them in before it saves a run
 
 
 class TrainConfigError(ConfigError):

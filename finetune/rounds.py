@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dataengine.config import ConfigError, FilterConfig, MineConfig
 
-from .config import TrainConfig
+from .config import RESOLVED_WHEN_SAVED, TrainConfig
 
 log = logging.getLogger(__name__)
 LOOP_FILE = "loop.json"
@@ -149,7 +149,7 @@ def train_or_resume(config: TrainConfig) -> dict:
         summary = json.loads(summary_file.read_text())
         if summary.get("finished"):
             changed = [name for name in config.differences(summary.get("config", {}))
-                       if not (name == "prompt_depth" and config.prompt_depth is None)]  # saved resolved
+                       if not (name in RESOLVED_WHEN_SAVED and getattr(config, name) is None)]
             if changed:
                 raise ConfigError(f"{out} is a finished training run with other settings ({', '.join(changed)})")
             return summary

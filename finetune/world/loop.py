@@ -524,18 +524,20 @@ def format_report(report: dict) -> str:
         for row in mined["precision"][1:]:  # the score and margin thresholds of the unfiltered pairs
             lines.append(f"pair precision, {proposals} proposals, {row['filter']}: {_pairs(row)}")
     lines.append("\npairs mined (precision: the mask overlaps an instance of the noun at IoU >= 0.5):")
+    width = max([14, *(len(row["filter"]) + 2 for row in report["pairs"])])
     for row in report["pairs"]:
-        lines.append(f"  {row['proposals']:<12}{row['filter']:<14}{_pairs(row)}, yield {fmt(row['yield'])}%")
+        lines.append(f"  {row['proposals']:<12}{row['filter']:<{width}}{_pairs(row)}, yield {fmt(row['yield'])}%")
     groups = ("things", "stuff", "seen", "unseen")
     for key, title in (("masked_region_accuracy", "masked-region accuracy (ground-truth masks)"),
                        ("mIoU", "two-stage mIoU")):
         if all(summary[key] is None for summary in report["models"].values()):
             continue
         lines.append(f"\n{title} on held-out scenes:")
-        lines.append(f"{'model':<18} {'all':>8}" + "".join(f" {group:>8}" for group in groups))
+        width = max([18, *(len(label) for label in report["models"])])
+        lines.append(f"{'model':<{width}} {'all':>8}" + "".join(f" {group:>8}" for group in groups))
         for label, summary in report["models"].items():
             figures = summary[key]
-            lines.append(f"{label:<18} {fmt(figures['all']):>8}" + "".join(f" {fmt(figures[g]):>8}" for g in groups))
+            lines.append(f"{label:<{width}} {fmt(figures['all']):>8}" + "".join(f" {fmt(figures[g]):>8}" for g in groups))
     return "\n".join(lines)
 
 

@@ -52,13 +52,14 @@ class World:
         per_process = data_ranks // self.size
         return range(self.rank * per_process, (self.rank + 1) * per_process)
 
-    def wrap(self, module: torch.nn.Module, device: str, unused_parameters: bool) -> torch.nn.Module:
+    def wrap(self, module: torch.nn.Module, device: str) -> torch.nn.Module:
         """DDP over a phase's step module (it broadcasts rank 0's weights, frozen ones too, when it
-        wraps). `unused_parameters`: a forward may leave a trainable parameter out on one rank only."""
+        wraps). Every trainable parameter takes part in every forward (StepModule), so DDP needs no
+        search for unused ones."""
         if not self.distributed:
             return module
         ids = [torch.device(device)] if device.startswith("cuda") else None
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused_parameters)
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
     def counts(self, *local: int) -> list[list[int]]:
         """Per rank, the numbers each rank passed (the same on every rank)."""

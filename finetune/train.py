@@ -237,9 +237,16 @@ class StepModule(torch.nn.Module):
     def __init__(self, phase: Phase):
         super().__init__()
         self.tower, self.model, self.encode = phase.tower, phase.clip.model, phase.encode
+        self.skippable = list(phase.parameters) if phase.skips_parameters else []
 
     def forward(self, images, masks):
-        return self.encode(images, masks), logit_scale(self.model)
+        features = self.encode(images, masks)
+        if self.skippable:
+            # a zero use of every trainable parameter, so that each gets a (zero) gradient even from a
+            # batch that leaves it out: DDP reduces gradients only on ranks where some parameter got one,
+            # and a rank that reduces nothing leaves the others waiting for ever
+            features = features + 0.0 * sum(parameter.sum() for parameter in self.skippable)
+        return features, logit_scale(self.model)
 
 
 def parameter_groups(parameters, weight_decay: float, exempt: set) -> list[dict]:
@@ -454,7 +461,7 @@ class Trainer:
             self._restore(phase, optimizer, schedule)
         else:
             self.state.update({"phase": index, "epoch": 0, "step": 0, **fresh_position()})
-        self.forward = self.world.wrap(phase.module(), self.device, phase.skips_parameters)
+        self.forward = self.world.wrap(phase.module(), self.device)
         bar = tqdm(total=sum(steps_per_epoch), initial=self.state["step"], desc=f"{name}", unit="step",
                    disable=not (config.progress and self.world.main), dynamic_ncols=True)
         self.meter = Meter()
@@ -531,8 +538,7 @@ class Trainer:
         """This process's share of a global batch: its data ranks' local batches, in rank order. An
         empty share is one blank image with no label: open_clip's towers cannot take an empty batch,
         and every process must run the forward and backward (DDP's collectives); `_loss` drops it. Its
-        mask is empty, so that MPT's prompts take part in its forward (DDP reduces no gradient on a rank
-        whose forward leaves every trainable parameter out); its gradient is zero."""
+        mask is empty (MPT prompts every patch of it); its gradient is zero."""
         if not sum(len(batch["labels"]) for batch in batches):
             size = self.clip.image_size
             return {"images": torch.zeros(1, 3, size, size), "masks": torch.zeros(1, size, size, dtype=torch.bool),

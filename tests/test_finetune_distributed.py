@@ -19,11 +19,13 @@ which AdamW's normalisation turns from rounding noise into steps of up to the le
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -308,3 +310,28 @@ def test_ray_train_workers_train_what_torchrun_does(shards, two_process_runs, tm
     torchrun_out = two_process_runs / "mpt"
     assert losses(tmp_path / "ray") == losses(torchrun_out)
     assert torch.equal(trained(tmp_path / "ray", "mpt")["prompts"], trained(torchrun_out, "mpt")["prompts"])
+
+
+def test_a_rank_whose_regions_mask_no_patch_out_still_steps_with_the_others(tmp_path):
+    """MPT's prompts replace the patches outside a region: a rank whose whole local batch is regions
+    that fill their crops leaves the prompts out of its forward, and must still take part in DDP's
+    gradient reduction (a rank that reduces nothing leaves the others waiting for ever)."""
+    import numpy as np
+    import webdataset as wds
+
+    from dataengine.write import encode_mask_png
+
+    folder = tmp_path / "shards"
+    write_pair_shards(folder, pairs=8, per_shard=8)  # pairs-000000.tar: shapes on a background
+    full = encode_mask_png(np.ones((224, 224), dtype=bool))
+    with tarfile.open(folder / "pairs-000000.tar") as reader:
+        images = {m.name.split(".")[0]: reader.extractfile(m).read() for m in reader if m.name.endswith(".jpg")}
+    with wds.TarWriter(str(folder / "pairs-000001.tar")) as sink:  # the same images, each region its whole crop
+        for index, (key, jpg) in enumerate(sorted(images.items())):
+            sink.write({"__key__": f"full{index:05d}_n0000", "jpg": jpg, "txt": "square", "mask.png": full})
+    values = dict(shards=str(folder / "pairs-{000000..000001}.tar"), out=str(tmp_path / "run"),
+                  clip="dataengine-tiny", epochs=2, batch_size=4, workers=0, prompt_depth=2, log_every=1,
+                  progress=False, mode="mpt", checkpoint_every=100)
+    torchrun(values)  # one shard per data rank: one of the two ranks never uses the prompts
+    logged = losses(tmp_path / "run")
+    assert len(logged) == 8 and all(math.isfinite(loss) for loss in logged)  # 16 pairs, 4 a step, 2 epochs

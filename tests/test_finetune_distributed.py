@@ -327,7 +327,7 @@ def test_a_rank_whose_regions_mask_no_patch_out_still_steps_with_the_others(tmp_
     with tarfile.open(folder / "pairs-000000.tar") as reader:
         images = {m.name.split(".")[0]: reader.extractfile(m).read() for m in reader if m.name.endswith(".jpg")}
     with wds.TarWriter(str(folder / "pairs-000001.tar")) as sink:  # the same images, each region its whole crop
-        for index, (key, jpg) in enumerate(sorted(images.items())):
+        for index, (_, jpg) in enumerate(sorted(images.items())):
             sink.write({"__key__": f"full{index:05d}_n0000", "jpg": jpg, "txt": "square", "mask.png": full})
     values = dict(shards=str(folder / "pairs-{000000..000001}.tar"), out=str(tmp_path / "run"),
                   clip="dataengine-tiny", epochs=2, batch_size=4, workers=0, prompt_depth=2, log_every=1,

@@ -179,7 +179,13 @@ def test_terse_captions_name_every_object_of_the_scene_and_nothing_else():
 
 
 def test_terse_captions_come_in_alt_text_frames_with_true_size_words():
-    from finetune.world.scenes import ALT_TEXT_FRAMES, make_close_up, make_scene, size_word, write_terse_caption
+    from finetune.world.scenes import (
+        ALT_TEXT_FRAMES,
+        make_close_up,
+        make_scene,
+        size_word,
+        write_terse_caption,
+    )
 
     rng = np.random.default_rng(1)
     frames, sizes = set(), set()
